@@ -1,0 +1,1 @@
+"""ML DevOps App operator package: registry logic and the `mlops` CLI."""

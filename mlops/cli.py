@@ -1,0 +1,114 @@
+"""`mlops` — the operator CLI.
+
+Every command takes ``--tracking-uri`` (default: ``MLFLOW_TRACKING_URI``, else the embedded store
+under ``mlruns/``), exits 0 on success and non-zero with one clear line on failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+
+import click
+
+from mlops import config
+
+TRACKING_HELP = "Tracking server or store URI (default: $MLFLOW_TRACKING_URI, else the embedded mlruns/ store)."
+
+
+def tracking_option(f):
+    """Add ``--tracking-uri`` and export it so MLflow's own calls use the same store."""
+
+    @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help=TRACKING_HELP)
+    @functools.wraps(f)
+    def wrapper(*args, tracking_uri=None, **kwargs):
+        uri = config.tracking_uri(tracking_uri)
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        config.ensure_store(uri)
+        return f(*args, tracking_uri=uri, **kwargs)
+
+    return wrapper
+
+
+def fail(message: str, code: int = 1):
+    """Print one line to stderr and exit non-zero."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+class Group(click.Group):
+    """Turns known errors into one readable line instead of a traceback."""
+
+    def invoke(self, ctx):
+        from mlops.model_io import ModelLoadError
+        from mlops.registry import RegistryError
+
+        try:
+            return super().invoke(ctx)
+        except (RegistryError, ModelLoadError) as exc:
+            fail(str(exc))
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except Exception as exc:  # noqa: BLE001 - last resort: one line, details with MLOPS_DEBUG=1
+            if os.environ.get("MLOPS_DEBUG"):
+                raise
+            msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+            fail(f"{type(exc).__name__}: {msg.splitlines()[0]}")
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log debug details.")
+def cli(verbose: bool) -> None:
+    """Operate ML DevOps App: the registry, the serving service and the local stack."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("mlflow", "alembic", "urllib3", "botocore", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+@cli.command()
+@tracking_option
+def init(tracking_uri: str) -> None:
+    """Create the store (embedded default) and the default experiment if missing."""
+    from mlops.registry import get_client
+
+    client = get_client(tracking_uri)
+    config.ensure_experiment(client, config.DEFAULT_MODEL_NAME)
+    click.echo(f"store ready: {tracking_uri}")
+
+
+@cli.command()
+@tracking_option
+def uri(tracking_uri: str) -> None:
+    """Print the tracking URI in use."""
+    click.echo(tracking_uri)
+
+
+@cli.command()
+@tracking_option
+def env(tracking_uri: str) -> None:
+    """Print `export` lines for a shell: eval "$(mlops env)"."""
+    click.echo(f"export MLFLOW_TRACKING_URI={tracking_uri}")
+
+
+def _load_commands() -> None:
+    from mlops.commands import register_all
+
+    register_all(cli)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _load_commands()
+    cli(prog_name="mlops")
+
+
+__all__ = ["cli", "main", "tracking_option", "fail", "json"]

@@ -1,0 +1,80 @@
+"""Where things live: the embedded default store and the tracking URI every part uses."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+DEFAULT_MODEL_NAME = "breast-cancer-classifier"
+
+
+def project_home() -> Path:
+    """The folder holding `mlruns/`, `models/`, `logs/` (``MLOPS_HOME``, else the checkout, else cwd)."""
+    env = os.environ.get("MLOPS_HOME")
+    if env:
+        return Path(env).resolve()
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / "MLproject").is_file():
+        return checkout
+    return Path.cwd().resolve()
+
+
+def embedded_tracking_uri(home: Path | None = None) -> str:
+    """SQLite store under ``mlruns/`` (the embedded default)."""
+    home = home or project_home()
+    return f"sqlite:///{home / 'mlruns' / 'mlflow.db'}"
+
+
+def embedded_artifact_root(home: Path | None = None) -> str:
+    """Artifact folder of the embedded default, as a ``file://`` URI."""
+    home = home or project_home()
+    return (home / "mlruns" / "artifacts").as_uri()
+
+
+def tracking_uri(explicit: str | None = None) -> str:
+    """The tracking URI to use: explicit value, else ``MLFLOW_TRACKING_URI``, else the embedded store."""
+    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri()
+
+
+def is_local_sqlite(uri: str) -> bool:
+    """True for a direct SQLite store (no tracking server in between)."""
+    return uri.startswith("sqlite:")
+
+
+def artifact_root_for(uri: str) -> str | None:
+    """Explicit artifact root for experiments created on a direct SQLite store.
+
+    MLflow would otherwise put them under ``./mlruns`` relative to the creating process's cwd.
+    A tracking server decides for itself (``None``).
+    """
+    if not is_local_sqlite(uri):
+        return None
+    db_path = Path(uri[len("sqlite:///"):])
+    return (db_path.parent / "artifacts").resolve().as_uri()
+
+
+def ensure_store(uri: str) -> None:
+    """Create a direct SQLite store with its artifact root (no-op for servers and existing stores).
+
+    Creating the database through ``SqlAlchemyStore`` with an explicit default artifact root gives
+    the ``Default`` experiment a location under the store's folder instead of the process's cwd.
+    """
+    if not is_local_sqlite(uri):
+        return
+    db_path = Path(uri[len("sqlite:///"):])
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    (db_path.parent / "artifacts").mkdir(exist_ok=True)
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    SqlAlchemyStore(uri, artifact_root_for(uri))
+
+
+def ensure_experiment(client, name: str) -> str:
+    """Return the id of experiment ``name``, creating it (with an explicit artifact root) if needed."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    root = artifact_root_for(client.tracking_uri)
+    location = f"{root}/{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}" if root else None
+    return client.create_experiment(name, artifact_location=location)
