@@ -61,3 +61,9 @@ test-fast: $(STAMP) ## only the fast tests
 
 lint: $(STAMP) ## ruff
 	@$(BIN)/ruff check .
+
+bench: $(STAMP) ## serving benchmark: ratios vs `mlflow models serve` and the bare floor app
+	@$(BIN)/python scripts/bench_serving.py
+
+bench-backup: $(STAMP) ## backup/restore benchmark (10 models x 20 versions)
+	@$(BIN)/python scripts/bench_backup.py
