@@ -143,8 +143,8 @@ def _sync_aliases(client: MlflowClient, name: str) -> None:
         if holder is None:
             if alias in aliases:
                 client.delete_registered_model_alias(name, alias)
-        elif aliases.get(alias) != holder.version:
-            client.set_registered_model_alias(name, alias, holder.version)
+        elif str(aliases.get(alias)) != str(holder.version):
+            client.set_registered_model_alias(name, alias, str(holder.version))
 
 
 @dataclass
@@ -176,7 +176,7 @@ def promote(
     """
     stage = normalize_stage(stage)
     mv = get_version(client, name, version)
-    version = mv.version
+    version = str(mv.version)
     if mv.status != "READY":
         raise RegistryError(f"{name} v{version} is not READY (status {mv.status})")
     if preflight:
@@ -188,7 +188,7 @@ def promote(
         except ModelLoadError as exc:
             raise RegistryError(f"pre-flight failed for {name} v{version}, nothing changed: {exc}") from None
     previous = stage_version(client, name, stage)
-    from_version = previous.version if previous else None
+    from_version = str(previous.version) if previous else None
     with stage_api():
         client.transition_model_version_stage(
             name, version, stage, archive_existing_versions=True
@@ -225,7 +225,7 @@ def rollback(client: MlflowClient, name: str, to: str | int | None = None, reaso
                 f"'{name}' had no Production version before v{last.to_version}: nothing to roll back to"
             )
         to = last.from_version
-    if current is not None and str(to) == current.version:
+    if current is not None and str(to) == str(current.version):
         raise RegistryError(f"{name} v{to} is already in Production")
     return promote(client, name, to, PRODUCTION, reason or "rollback", action="rollback")
 

@@ -102,9 +102,10 @@ def _production_metrics(client, name: str, X_test, y_test):
         return prod, None
 
 
-def _description(args, ds, metrics, prod, prod_metrics, n_train, n_test) -> str:
+def _description(args, ds, digest, metrics, prod, prod_metrics, n_train, n_test) -> str:
     lines = [
-        f"**{args.model}** trained on `{ds.source}` (target `{ds.target}`): "
+        f"**{args.model}** trained on `{args.data if args.data == BUNDLED else ds.source}` "
+        f"(target `{ds.target}`, data digest `{digest}`): "
         f"{n_train} training rows, {n_test} holdout rows (test_size={args.test_size}, seed={args.seed}).",
         "",
         "| metric | this version |" + (f" Production v{prod.version} |" if prod_metrics else ""),
@@ -226,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
             run_id=run_id,
             model_id=info.model_id,
             tags=tags,
-            description=_description(args, ds, metrics, prod, prod_metrics, len(X_train), len(X_test)),
+            description=_description(args, ds, dataset.digest, metrics, prod, prod_metrics, len(X_train), len(X_test)),
         )
         mlflow.set_tag("mlops.registered_version", mv.version)
         log.info("registered %s version %s", args.model_name, mv.version)
