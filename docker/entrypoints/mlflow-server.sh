@@ -1,0 +1,53 @@
+#!/bin/sh
+# The tracking server: PostgreSQL backend store, S3 artifacts served through the server's proxy.
+# Run by the compose `mlflow` service and by `mlops stack up` (same script, same flags).
+#
+#   MLFLOW_BACKEND_STORE_URI      postgresql://USER:PASSWORD@HOST:PORT/DB          (required)
+#   MLFLOW_ARTIFACTS_DESTINATION  s3://BUCKET[/prefix]                             (required)
+#   MLFLOW_S3_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY: how the server reaches S3
+#   MLFLOW_HOST (0.0.0.0) MLFLOW_PORT (5000) MLFLOW_WORKERS (1)
+#   MLFLOW_ALLOWED_HOSTS          Host headers accepted (comma-separated, fnmatch patterns)
+#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION  defaults to false here (no job runner: less memory)
+#   MLFLOW_AUTH=true              turn on MLflow's basic-auth app; then also:
+#     MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_AUTH_ADMIN_PASSWORD (required, never defaulted),
+#     MLFLOW_AUTH_ADMIN_USERNAME (admin), MLFLOW_AUTH_DIR (folder for the generated ini and the
+#     default user database), MLFLOW_AUTH_DATABASE_URI (sqlite:///$MLFLOW_AUTH_DIR/basic_auth.db),
+#     MLFLOW_AUTH_DEFAULT_PERMISSION (READ)
+set -eu
+
+: "${MLFLOW_BACKEND_STORE_URI:?MLFLOW_BACKEND_STORE_URI must be set (postgresql://...)}"
+: "${MLFLOW_ARTIFACTS_DESTINATION:?MLFLOW_ARTIFACTS_DESTINATION must be set (s3://bucket)}"
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
+
+set -- mlflow server \
+  --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
+  --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION" \
+  --serve-artifacts \
+  --host "${MLFLOW_HOST:-0.0.0.0}" \
+  --port "${MLFLOW_PORT:-5000}" \
+  --workers "${MLFLOW_WORKERS:-1}"
+
+if [ -n "${MLFLOW_ALLOWED_HOSTS:-}" ]; then
+  set -- "$@" --allowed-hosts "$MLFLOW_ALLOWED_HOSTS"
+fi
+
+if [ "${MLFLOW_AUTH:-false}" = "true" ]; then
+  : "${MLFLOW_FLASK_SERVER_SECRET_KEY:?MLFLOW_FLASK_SERVER_SECRET_KEY must be set when MLFLOW_AUTH=true}"
+  : "${MLFLOW_AUTH_ADMIN_PASSWORD:?MLFLOW_AUTH_ADMIN_PASSWORD must be set when MLFLOW_AUTH=true (there is no default)}"
+  auth_dir="${MLFLOW_AUTH_DIR:-/var/lib/mlflow/auth}"
+  mkdir -p "$auth_dir"
+  ini="$auth_dir/basic_auth.ini"
+  umask 077
+  cat > "$ini.tmp" <<INI
+[mlflow]
+default_permission = ${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}
+database_uri = ${MLFLOW_AUTH_DATABASE_URI:-sqlite:///$auth_dir/basic_auth.db}
+admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+  mv "$ini.tmp" "$ini"
+  export MLFLOW_AUTH_CONFIG_PATH="$ini"
+  set -- "$@" --app-name basic-auth
+fi
+
+exec "$@"
