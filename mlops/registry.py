@@ -31,6 +31,7 @@ STAGES = ("None", STAGING, PRODUCTION, ARCHIVED)
 STAGE_ALIASES = {PRODUCTION: "production", STAGING: "staging"}
 HISTORY_TAG = "mlops.promotion_history"
 HISTORY_MAX_CHARS = 4800  # registered-model tag values are VARCHAR(5000) on SQL stores
+REASON_MAX_CHARS = 300
 
 
 class RegistryError(RuntimeError):
@@ -121,8 +122,21 @@ def history(client: MlflowClient, name: str) -> list[HistoryEntry]:
     except ValueError:
         log.warning("promotion history tag of %s is not valid JSON; ignoring it", name)
         return []
+    if not isinstance(entries, list):
+        log.warning("promotion history tag of %s is not a JSON list; ignoring it", name)
+        return []
     fields = HistoryEntry.__dataclass_fields__
-    return [HistoryEntry(**{k: e.get(k) for k in fields}) for e in entries if isinstance(e, dict)]
+    out = []
+    for e in entries:
+        if not isinstance(e, dict) or e.get("to_version") is None:
+            continue
+        row = {k: e.get(k) for k in fields}
+        for k in ("from_version", "to_version"):
+            row[k] = None if row[k] is None else str(row[k])
+        for k in ("time", "user", "action", "stage", "reason"):
+            row[k] = "" if row[k] is None else str(row[k])
+        out.append(HistoryEntry(**row))
+    return out
 
 
 def _write_history(client: MlflowClient, name: str, entries: list[HistoryEntry]) -> None:
@@ -203,7 +217,7 @@ def promote(
             stage=stage,
             from_version=from_version,
             to_version=str(version),
-            reason=reason or "",
+            reason=_clip(reason or ""),
         )
     )
     _write_history(client, name, entries)
@@ -213,7 +227,12 @@ def promote(
 
 
 def rollback(client: MlflowClient, name: str, to: str | int | None = None, reason: str = "") -> PromotionResult:
-    """Move Production back to the previous Production version (from the history) or to ``to``."""
+    """Move Production back to the previous Production version (from the history) or to ``to``.
+
+    Without ``to`` the target is the version that held Production before the latest Production
+    entry of the history, so rolling back twice alternates between the last two versions.
+    """
+    get_model(client, name)
     current = stage_version(client, name, PRODUCTION)
     if to is None:
         prod = [e for e in history(client, name) if e.stage == PRODUCTION]
@@ -261,6 +280,11 @@ def notify_serving(url: str | None = None, token: str | None = None, timeout: fl
     return True
 
 
+def _clip(text: str, limit: int = REASON_MAX_CHARS) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -294,9 +318,9 @@ def status(client: MlflowClient, name: str | None = None, serving_url: str | Non
         for v in sorted(versions, key=lambda v: int(v.version)):
             acc = (v.tags or {}).get("accuracy")
             rows.append({
-                "version": v.version,
+                "version": str(v.version),
                 "stage": v.current_stage,
-                "aliases": sorted(by_version.get(v.version, [])),
+                "aliases": sorted(by_version.get(str(v.version), [])),
                 "accuracy": acc,
                 "status": v.status,
                 "run_id": v.run_id,

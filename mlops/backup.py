@@ -1,0 +1,430 @@
+"""Registry backup: every selected registered model, its versions, source runs and artifacts.
+
+The archive (see :mod:`mlops.archive`) holds ``registry.json`` (models, versions including the
+deleted numbers, aliases, experiments), one ``runs/<run_id>/run.json`` per source run (params,
+full metric histories, tags, times, status, dataset inputs) with the run's artifacts under
+``runs/<run_id>/artifacts/``, and one ``logged_models/<model_id>/`` folder per MLflow 3 logged
+model a version points at. Sources that are neither (a plain path) go under ``sources/<key>/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import mlflow
+from mlflow import MlflowClient
+
+from mlops import archive, config, registry
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql")
+LOGGED_MODEL_SOURCE = re.compile(r"^models:/(m-[0-9a-f]+)/?$")
+PROMPT_TAG = "mlflow.prompt.is_prompt"
+
+
+class BackupError(registry.RegistryError):
+    """The backup could not be completed; nothing was written at the destination."""
+
+
+@dataclass
+class BackupResult:
+    """What a backup wrote."""
+
+    path: Path
+    models: list[str]
+    versions: int
+    deleted_versions: int
+    runs: int
+    logged_models: int
+    files: int
+    size: int
+    sha256: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def default_path(home: Path | None = None) -> Path:
+    """``backups/registry-<UTC timestamp>.tar.gz`` under the project home."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return (home or config.project_home()) / "backups" / f"registry-{stamp}.tar.gz"
+
+
+def redact_uri(uri: str) -> str:
+    """The URI without a password (``user:***@host``), safe to store in an archive."""
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return uri
+    if parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
+def _is_sql(uri: str | None) -> bool:
+    return bool(uri) and uri.split(":", 1)[0].split("+", 1)[0].lower() in SQL_SCHEMES
+
+
+def db_max_versions(backend_uri: str | None) -> dict[str, int] | None:
+    """Highest version number ever used per model, deleted ones included, read from the SQL store.
+
+    MLflow keeps deleted versions as rows (stage ``Deleted_Internal``) and never reuses their
+    numbers, but no API exposes them. Returns None when ``backend_uri`` is not a SQL store.
+    """
+    if not _is_sql(backend_uri):
+        return None
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(backend_uri)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT name, MAX(version) FROM model_versions GROUP BY name")).all()
+    except sa.exc.SQLAlchemyError as exc:
+        raise BackupError(f"cannot read version counters from {redact_uri(backend_uri)}: {exc.__class__.__name__}") from None
+    finally:
+        engine.dispose()
+    return {str(name): int(v) for name, v in rows if v is not None}
+
+
+def _search_versions(client: MlflowClient, name: str) -> list:
+    quoted = f"name = '{name}'" if "'" not in name else f'name = "{name}"'
+    out, token = [], None
+    while True:
+        page = client.search_model_versions(quoted, max_results=10000, page_token=token)
+        out.extend(v for v in page if v.name == name)
+        token = page.token
+        if not token:
+            return sorted(out, key=lambda v: int(v.version))
+
+
+def _history_versions(tags: dict) -> set[int]:
+    """Version numbers mentioned in the promotion history (hints for deleted top versions)."""
+    raw = (tags or {}).get(registry.HISTORY_TAG)
+    nums: set[int] = set()
+    try:
+        for e in json.loads(raw) if raw else []:
+            for k in ("from_version", "to_version"):
+                if isinstance(e, dict) and str(e.get(k) or "").isdigit():
+                    nums.add(int(e[k]))
+    except ValueError:
+        pass
+    return nums
+
+
+def _download(uri: str, tracking_uri: str, dest: Path) -> None:
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    dest.mkdir(parents=True, exist_ok=True)
+    repo = get_artifact_repository(uri, tracking_uri=tracking_uri)
+    repo.download_artifacts("", dst_path=str(dest))
+
+
+def _signature(model_dir: Path) -> dict | None:
+    mlmodel = model_dir / "MLmodel"
+    if not mlmodel.is_file():
+        return None
+    import yaml
+
+    try:
+        return (yaml.safe_load(mlmodel.read_text()) or {}).get("signature")
+    except (yaml.YAMLError, OSError, AttributeError):
+        return None
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, sort_keys=True))
+
+
+def _export_run(client: MlflowClient, run_id: str, dest: Path) -> dict:
+    run = client.get_run(run_id)
+    info, data = run.info, run.data
+    metrics = {
+        key: [[m.value, m.timestamp, m.step] for m in client.get_metric_history(run_id, key)]
+        for key in sorted(data.metrics)
+    }
+    datasets = [
+        {
+            "dataset": {
+                "name": di.dataset.name, "digest": di.dataset.digest, "source_type": di.dataset.source_type,
+                "source": di.dataset.source, "schema": di.dataset.schema, "profile": di.dataset.profile,
+            },
+            "tags": {t.key: t.value for t in di.tags},
+        }
+        for di in (run.inputs.dataset_inputs if run.inputs else [])
+    ]
+    model_inputs = [m.model_id for m in (getattr(run.inputs, "model_inputs", None) or [])]
+    model_outputs = [
+        {"model_id": m.model_id, "step": m.step} for m in (getattr(run.outputs, "model_outputs", None) or [])
+    ] if run.outputs else []
+    _download(info.artifact_uri, client.tracking_uri, dest / "artifacts")
+    record = {
+        "run_id": run_id, "experiment_id": info.experiment_id, "run_name": info.run_name,
+        "user_id": info.user_id, "status": info.status, "start_time": info.start_time,
+        "end_time": info.end_time, "lifecycle_stage": info.lifecycle_stage,
+        "artifact_uri": info.artifact_uri, "params": dict(data.params), "tags": dict(data.tags),
+        "metrics": metrics, "dataset_inputs": datasets, "model_inputs": model_inputs,
+        "model_outputs": model_outputs,
+    }
+    _write_json(dest / "run.json", record)
+    return record
+
+
+def _export_logged_model(client: MlflowClient, model_id: str, dest: Path) -> dict:
+    lm = client.get_logged_model(model_id)
+    _download(lm.artifact_location, client.tracking_uri, dest / "artifacts")
+    if not any((dest / "artifacts").iterdir()):
+        raise BackupError(f"logged model {model_id} has no artifacts")
+    status = getattr(lm.status, "value", None) or str(lm.status)
+    record = {
+        "model_id": lm.model_id, "name": lm.name, "experiment_id": lm.experiment_id,
+        "source_run_id": lm.source_run_id, "model_type": lm.model_type, "status": status,
+        "status_message": lm.status_message, "tags": dict(lm.tags or {}), "params": dict(lm.params or {}),
+        "metrics": [
+            {"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step, "run_id": m.run_id,
+             "dataset_name": m.dataset_name, "dataset_digest": m.dataset_digest}
+            for m in (lm.metrics or [])
+        ],
+        "artifact_location": lm.artifact_location, "creation_timestamp": lm.creation_timestamp,
+    }
+    _write_json(dest / "logged_model.json", record)
+    return record
+
+
+def _export_source(client: MlflowClient, source: str, dest: Path) -> dict:
+    mlflow.set_tracking_uri(client.tracking_uri)
+    dest.mkdir(parents=True, exist_ok=True)
+    mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest / "artifacts"))
+    record = {"source": source}
+    _write_json(dest / "source.json", record)
+    return record
+
+
+def _classify(mv, run_artifact_uri: str | None) -> dict:
+    """How a version's source will be restored: logged model, run artifact path, or plain files."""
+    source = mv.source or ""
+    m = LOGGED_MODEL_SOURCE.match(source)
+    if m:
+        return {"kind": "logged_model", "model_id": m.group(1)}
+    if mv.run_id and source.startswith(f"runs:/{mv.run_id}"):
+        return {"kind": "run", "path": source[len(f"runs:/{mv.run_id}"):].strip("/")}
+    if mv.run_id and run_artifact_uri and (source == run_artifact_uri or source.startswith(run_artifact_uri.rstrip("/") + "/")):
+        return {"kind": "run", "path": source[len(run_artifact_uri):].strip("/")}
+    if not source:
+        return {"kind": "none"}
+    return {"kind": "files", "key": hashlib.sha256(source.encode()).hexdigest()[:16]}
+
+
+def _model_record(rm, versions: list, max_used: int, exact: bool) -> dict:
+    live = {int(v.version) for v in versions}
+    return {
+        "name": rm.name,
+        "description": rm.description or "",
+        "tags": dict(rm.tags or {}),
+        "aliases": {a: str(v) for a, v in sorted((rm.aliases or {}).items())},
+        "creation_timestamp": rm.creation_timestamp,
+        "last_updated_timestamp": rm.last_updated_timestamp,
+        "max_version": max_used,
+        "max_version_exact": exact,
+        "deleted_versions": [n for n in range(1, max_used + 1) if n not in live],
+        "versions": [],
+    }
+
+
+def backup(
+    client: MlflowClient,
+    out: Path | None = None,
+    models: list[str] | None = None,
+    *,
+    backend_store_uri: str | None = None,
+    workers: int = 8,
+    on_progress: Progress | None = None,
+) -> BackupResult:
+    """Write a backup of the selected (default: all) registered models to ``out``.
+
+    ``backend_store_uri`` (a SQL URI) lets a backup taken through a tracking server also record
+    deleted version numbers above the highest live one; on a direct SQL store it is read itself.
+    """
+    out = Path(out) if out else default_path()
+    if out.exists() and out.is_dir():
+        raise BackupError(f"--out is a directory: {out}")
+    uri = client.tracking_uri
+    warnings_: list[str] = []
+    names = _select(client, models)
+    db_uri = backend_store_uri or (uri if _is_sql(uri) else None)
+    counters = db_max_versions(db_uri) if db_uri else None
+
+    model_records, run_ids, lm_ids, sources = [], set(), set(), {}
+    run_uri_cache: dict[str, str | None] = {}
+
+    def run_artifact_uri(run_id: str) -> str | None:
+        if run_id not in run_uri_cache:
+            try:
+                run_uri_cache[run_id] = client.get_run(run_id).info.artifact_uri
+            except Exception:  # noqa: BLE001 - reported below as a missing run
+                run_uri_cache[run_id] = None
+        return run_uri_cache[run_id]
+
+    for name in names:
+        rm = registry.get_model(client, name)
+        versions = _search_versions(client, name)
+        live_max = max((int(v.version) for v in versions), default=0)
+        hinted = max(_history_versions(rm.tags), default=0)
+        db_max = (counters or {}).get(name, 0)
+        max_used = max(live_max, hinted, db_max)
+        rec = _model_record(rm, versions, max_used, counters is not None)
+        if counters is None and live_max and max_used == live_max:
+            warnings_.append(
+                f"{name}: deleted versions above v{live_max} cannot be seen through a tracking server; "
+                "pass --backend-store-uri to record them"
+            )
+        for mv in versions:
+            if mv.run_id and run_artifact_uri(mv.run_id) is None:
+                raise BackupError(f"{name} v{mv.version}: its source run {mv.run_id} cannot be read")
+            src = _classify(mv, run_artifact_uri(mv.run_id) if mv.run_id else None)
+            if src["kind"] == "logged_model":
+                lm_ids.add(src["model_id"])
+            elif src["kind"] == "files":
+                sources[src["key"]] = mv.source
+            elif src["kind"] == "none":
+                raise BackupError(f"{name} v{mv.version} has no source to back up")
+            if mv.run_id:
+                run_ids.add(mv.run_id)
+            rec["versions"].append({
+                "version": int(mv.version), "stage": mv.current_stage or "None",
+                "description": mv.description or "", "tags": dict(mv.tags or {}),
+                "status": mv.status, "status_message": mv.status_message, "run_id": mv.run_id,
+                "run_link": mv.run_link, "source": mv.source, "source_info": src,
+                "user_id": mv.user_id, "creation_timestamp": mv.creation_timestamp,
+                "last_updated_timestamp": mv.last_updated_timestamp,
+                "aliases": sorted(a for a, v in rec["aliases"].items() if v == str(mv.version)),
+            })
+        model_records.append(rec)
+
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".mlops-backup-", dir=parent))
+    try:
+        runs, lms = _collect(client, staging, run_ids, lm_ids, sources, workers, on_progress)
+        # Logged models name their source run: back those runs up too.
+        extra_runs = {lm["source_run_id"] for lm in lms.values() if lm.get("source_run_id")} - set(runs)
+        extra_runs = {r for r in extra_runs if run_artifact_uri(r) is not None}
+        if extra_runs:
+            more, _ = _collect(client, staging, extra_runs, set(), {}, workers, on_progress)
+            runs.update(more)
+        for rec in model_records:
+            for v in rec["versions"]:
+                v["signature"] = _signature(_model_dir(staging, v))
+        experiments = _experiments(client, {r["experiment_id"] for r in runs.values()} | {
+            lm["experiment_id"] for lm in lms.values()})
+        meta = {
+            "backup_id": uuid.uuid4().hex,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "mlflow_version": mlflow.__version__,
+            "source_tracking_uri": redact_uri(uri),
+            "models": [r["name"] for r in model_records],
+            "counts": {
+                "models": len(model_records), "versions": sum(len(r["versions"]) for r in model_records),
+                "runs": len(runs), "logged_models": len(lms), "sources": len(sources),
+            },
+        }
+        _write_json(staging / "registry.json", {
+            **{k: meta[k] for k in ("backup_id", "created", "mlflow_version", "source_tracking_uri")},
+            "models": model_records, "experiments": experiments,
+        })
+        manifest = archive.write_archive(staging, out, meta)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return BackupResult(
+        path=out, models=[r["name"] for r in model_records],
+        versions=meta["counts"]["versions"],
+        deleted_versions=sum(len(r["deleted_versions"]) for r in model_records),
+        runs=len(runs), logged_models=len(lms), files=len(manifest["files"]) + 1,
+        size=out.stat().st_size, sha256=archive.sha256_file(out), warnings=warnings_,
+    )
+
+
+def _model_dir(staging: Path, v: dict) -> Path:
+    src = v["source_info"]
+    if src["kind"] == "logged_model":
+        return staging / "logged_models" / src["model_id"] / "artifacts"
+    if src["kind"] == "run":
+        return staging / "runs" / v["run_id"] / "artifacts" / src["path"]
+    return staging / "sources" / src.get("key", "-") / "artifacts"
+
+
+def _select(client: MlflowClient, models: list[str] | None) -> list[str]:
+    if models:
+        for name in models:
+            registry.get_model(client, name)
+        return list(dict.fromkeys(models))
+    return sorted(
+        rm.name for rm in registry._all_models(client) if (rm.tags or {}).get(PROMPT_TAG, "").lower() != "true"
+    )
+
+
+def _collect(client, staging, run_ids, lm_ids, sources, workers, on_progress):
+    """Download runs, logged models and plain sources in parallel; any failure aborts the backup."""
+    tasks = (
+        [("run", r) for r in sorted(run_ids)]
+        + [("logged_model", m) for m in sorted(lm_ids)]
+        + [("source", k) for k in sorted(sources)]
+    )
+    runs, lms = {}, {}
+    done = 0
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mlops-backup") as pool:
+        futures = {}
+        for kind, key in tasks:
+            if kind == "run":
+                fut = pool.submit(_export_run, client, key, staging / "runs" / key)
+            elif kind == "logged_model":
+                fut = pool.submit(_export_logged_model, client, key, staging / "logged_models" / key)
+            else:
+                fut = pool.submit(_export_source, client, sources[key], staging / "sources" / key)
+            futures[fut] = (kind, key)
+        try:
+            for fut in as_completed(futures):
+                kind, key = futures[fut]
+                try:
+                    rec = fut.result()
+                except BackupError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one line naming what failed
+                    msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                    raise BackupError(f"cannot back up {kind.replace('_', ' ')} {key}: {msg.splitlines()[0]}") from exc
+                if kind == "run":
+                    runs[key] = rec
+                elif kind == "logged_model":
+                    lms[key] = rec
+                done += 1
+                if on_progress:
+                    on_progress(done, len(tasks), f"{kind} {key}")
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+    return runs, lms
+
+
+def _experiments(client: MlflowClient, ids: set[str]) -> dict:
+    out = {}
+    for eid in sorted(ids, key=str):
+        exp = client.get_experiment(eid)
+        out[eid] = {"name": exp.name, "tags": dict(exp.tags or {}), "lifecycle_stage": exp.lifecycle_stage,
+                    "artifact_location": exp.artifact_location}
+    return out

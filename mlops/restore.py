@@ -1,0 +1,632 @@
+"""Registry restore: recreate what :mod:`mlops.backup` archived, with the exact version numbers.
+
+Order: verify and extract the archive → check the target (``--if-exists``) → experiments → runs
+(parallel) → logged models and other sources (parallel) → registered models (parallel across
+models, versions of one model strictly in order, deleted numbers recreated as placeholder
+versions that are deleted again) → aliases → runs that were deleted in the source are deleted.
+
+Idempotent: a restored run carries ``mlops.restore.source_run_id`` (and ``mlops.restore.partial``
+until it is complete), a restored logged model ``mlops.restore.source_model_id`` (READY once its
+files are uploaded), and a registered model ``mlops.restore.in_progress`` until its versions,
+stages and aliases are all in place. Re-running the same restore reuses complete runs and logged
+models, discards partial ones, and rebuilds a half-restored registered model from scratch (the
+only way to reproduce its version counter exactly).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.entities import (
+    Dataset,
+    DatasetInput,
+    InputTag,
+    LoggedModelInput,
+    LoggedModelOutput,
+    Metric,
+    Param,
+    RunTag,
+    ViewType,
+)
+from mlflow.exceptions import MlflowException
+
+from mlops import archive, config, registry
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+PROV_RUN = "mlops.restore.source_run_id"
+PROV_MODEL = "mlops.restore.source_model_id"
+PARTIAL_TAG = "mlops.restore.partial"
+IN_PROGRESS_TAG = "mlops.restore.in_progress"
+RESTORE_TAG_PREFIX = "mlops.restore."
+MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ENTITIES = 1000, 100, 100, 1000
+TERMINAL = ("FINISHED", "FAILED", "KILLED")
+
+
+class RestoreError(registry.RegistryError):
+    """The restore failed or is incomplete; ``failures`` lists every problem."""
+
+    def __init__(self, message: str, failures: list[str] | None = None):
+        super().__init__(message)
+        self.failures = failures or []
+
+
+@dataclass
+class RestoreResult:
+    """What a restore did (or, with ``dry_run``, would do)."""
+
+    models: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    versions: int = 0
+    placeholders: int = 0
+    runs_created: int = 0
+    runs_reused: int = 0
+    logged_models_created: int = 0
+    logged_models_reused: int = 0
+    plan: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    manifest: dict = field(default_factory=dict)
+
+
+def _not_found(exc: MlflowException) -> bool:
+    return "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")) or "not found" in str(exc).lower()
+
+
+def _msg(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def metric_batches(metrics: list, params: list, tags: list):
+    """Split into ``log_batch`` calls within MLflow's limits (1000 metrics, 100 params, 100 tags)."""
+    metrics, params, tags = list(metrics), list(params), list(tags)
+    while metrics or params or tags:
+        p, params = params[:MAX_PARAMS], params[MAX_PARAMS:]
+        t, tags = tags[:MAX_TAGS], tags[MAX_TAGS:]
+        room = min(MAX_METRICS, MAX_ENTITIES - len(p) - len(t))
+        m, metrics = metrics[:room], metrics[room:]
+        yield m, p, t
+
+
+class _Restorer:
+    def __init__(self, client: MlflowClient, folder: Path, reg: dict, backup_id: str, workers: int,
+                 on_progress: Progress | None):
+        self.client = client
+        self.folder = folder
+        self.reg = reg
+        self.backup_id = backup_id
+        self.workers = max(1, workers)
+        self.on_progress = on_progress
+        self.done = 0
+        self.total = 0
+        self.failures: list[str] = []
+        self.exp_map: dict[str, str] = {}
+        self.run_map: dict[str, str] = {}
+        self.run_uri: dict[str, str] = {}
+        self.lm_map: dict[str, str] = {}
+        self.src_map: dict[str, str] = {}
+        self.file_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mlops-upload")
+
+    # ---- helpers -------------------------------------------------------------------------
+    def tick(self, label: str, n: int = 1) -> None:
+        self.done += n
+        if self.on_progress:
+            self.on_progress(self.done, self.total, label)
+
+    def run_record(self, run_id: str) -> dict:
+        return json.loads((self.folder / "runs" / run_id / "run.json").read_text())
+
+    def lm_record(self, model_id: str) -> dict:
+        return json.loads((self.folder / "logged_models" / model_id / "logged_model.json").read_text())
+
+    def upload(self, artifact_uri: str, local_dir: Path) -> None:
+        """Upload every file under ``local_dir`` to ``artifact_uri``, files in parallel."""
+        if not local_dir.is_dir():
+            return
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        repo = get_artifact_repository(artifact_uri, tracking_uri=self.client.tracking_uri)
+        jobs = []
+        for p in sorted(local_dir.rglob("*")):
+            if p.is_file():
+                rel = p.parent.relative_to(local_dir).as_posix()
+                jobs.append(self.file_pool.submit(repo.log_artifact, str(p), None if rel == "." else rel))
+        for j in jobs:
+            j.result()
+
+    # ---- experiments ---------------------------------------------------------------------
+    def ensure_experiments(self, ids: set[str], dry: list[str] | None = None) -> None:
+        for eid in sorted(ids):
+            exp = self.reg["experiments"][eid]
+            target = self.client.get_experiment_by_name(exp["name"])
+            if dry is not None:
+                dry.append(f"experiment '{exp['name']}': {'reuse existing' if target else 'create'}")
+                continue
+            if target is not None and target.lifecycle_stage == "deleted":
+                log.warning("experiment %s is deleted in the target; restoring it", exp["name"])
+                self.client.restore_experiment(target.experiment_id)
+            new_id = target.experiment_id if target else config.ensure_experiment(self.client, exp["name"])
+            have = dict(target.tags) if target else {}
+            for k, v in exp["tags"].items():
+                if have.get(k) != v:
+                    self.client.set_experiment_tag(new_id, k, v)
+            self.exp_map[eid] = new_id
+
+    def _search_all(self, fn, **kw) -> list:
+        out, token = [], None
+        while True:
+            page = fn(page_token=token, **kw)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    def existing_runs(self) -> dict[str, object]:
+        """Complete runs restored earlier, by source run id (partial ones are deleted)."""
+        found = {}
+        ids = sorted(set(self.exp_map.values()))
+        if not ids:
+            return found
+        runs = self._search_all(
+            self.client.search_runs, experiment_ids=ids, filter_string=f"tags.`{PROV_RUN}` LIKE '%'",
+            run_view_type=ViewType.ALL, max_results=1000,
+        )
+        for r in runs:
+            src = r.data.tags.get(PROV_RUN)
+            if PARTIAL_TAG in r.data.tags:
+                if r.info.lifecycle_stage == "active":
+                    log.info("discarding partially restored run %s (source %s)", r.info.run_id, src)
+                    self.client.delete_run(r.info.run_id)
+                continue
+            found.setdefault(src, r)
+        return found
+
+    def existing_logged_models(self) -> dict[str, object]:
+        found = {}
+        ids = sorted(set(self.exp_map.values()))
+        if not ids:
+            return found
+        lms = self._search_all(
+            self.client.search_logged_models, experiment_ids=ids,
+            filter_string=f"tags.`{PROV_MODEL}` LIKE '%'", max_results=100,
+        )
+        for lm in lms:
+            src = (lm.tags or {}).get(PROV_MODEL)
+            status = getattr(lm.status, "value", None) or str(lm.status)
+            if status != "READY":
+                log.info("discarding partially restored logged model %s (source %s)", lm.model_id, src)
+                self.client.delete_logged_model(lm.model_id)
+                continue
+            found.setdefault(src, lm)
+        return found
+
+    # ---- runs ----------------------------------------------------------------------------
+    def restore_run(self, rec: dict) -> tuple[str, str]:
+        c = self.client
+        exp_id = self.exp_map[rec["experiment_id"]]
+        tags = {PROV_RUN: rec["run_id"], PARTIAL_TAG: self.backup_id}
+        user = rec["tags"].get("mlflow.user") or rec.get("user_id")
+        if user:
+            tags["mlflow.user"] = user
+        run = c.create_run(exp_id, start_time=rec["start_time"], tags=tags, run_name=rec.get("run_name"))
+        rid = run.info.run_id
+        params = [Param(k, str(v)) for k, v in rec["params"].items()]
+        rtags = [
+            RunTag(k, v) for k, v in rec["tags"].items()
+            if not k.startswith(RESTORE_TAG_PREFIX) and k not in tags and k != "mlflow.runName"
+        ]
+        metrics = [
+            Metric(key, value, int(ts), int(step))
+            for key, hist in rec["metrics"].items() for value, ts, step in hist
+        ]
+        for m, p, t in metric_batches(metrics, params, rtags):
+            c.log_batch(rid, metrics=m, params=p, tags=t)
+        datasets = [
+            DatasetInput(
+                Dataset(**{k: d["dataset"].get(k) for k in ("name", "digest", "source_type", "source", "schema", "profile")}),
+                [InputTag(k, v) for k, v in d["tags"].items()],
+            )
+            for d in rec.get("dataset_inputs", [])
+        ]
+        if datasets:
+            c.log_inputs(rid, datasets=datasets)
+        self.upload(run.info.artifact_uri, self.folder / "runs" / rec["run_id"] / "artifacts")
+        if rec["status"] in TERMINAL:
+            c.set_terminated(rid, rec["status"], end_time=rec.get("end_time"))
+        c.delete_tag(rid, PARTIAL_TAG)
+        return rid, run.info.artifact_uri
+
+    # ---- logged models and plain sources --------------------------------------------------
+    def restore_logged_model(self, rec: dict, runs_by_output: dict[str, list[tuple[str, int]]],
+                             runs_by_input: dict[str, list[str]]) -> str:
+        c = self.client
+        exp_id = self.exp_map[rec["experiment_id"]]
+        tags = {k: v for k, v in rec["tags"].items() if not k.startswith(RESTORE_TAG_PREFIX)}
+        tags[PROV_MODEL] = rec["model_id"]
+        source_run = self.run_map.get(rec.get("source_run_id") or "")
+        lm = c.create_logged_model(
+            exp_id, name=rec["name"], source_run_id=source_run, tags=tags,
+            params=rec["params"] or None, model_type=rec.get("model_type"),
+        )
+        self.upload(lm.artifact_location, self.folder / "logged_models" / rec["model_id"] / "artifacts")
+        by_run: dict[str, list] = {}
+        for m in rec.get("metrics", []):
+            rid = self.run_map.get(m.get("run_id") or "")
+            if rid:
+                by_run.setdefault(rid, []).append(Metric(
+                    m["key"], m["value"], int(m["timestamp"]), int(m["step"]), model_id=lm.model_id,
+                    dataset_name=m.get("dataset_name"), dataset_digest=m.get("dataset_digest"), run_id=rid,
+                ))
+        for rid, ms in by_run.items():
+            for i in range(0, len(ms), MAX_METRICS):
+                c.log_batch(rid, metrics=ms[i:i + MAX_METRICS])
+        for src_run, step in runs_by_output.get(rec["model_id"], []):
+            if src_run in self.run_map:
+                c.log_outputs(self.run_map[src_run], [LoggedModelOutput(lm.model_id, step)])
+        for src_run in runs_by_input.get(rec["model_id"], []):
+            if src_run in self.run_map:
+                c.log_inputs(self.run_map[src_run], models=[LoggedModelInput(lm.model_id)])
+        status = rec.get("status") if rec.get("status") in ("READY", "FAILED") else "READY"
+        c.finalize_logged_model(lm.model_id, status)
+        return lm.model_id
+
+    def restore_source(self, key: str, version: dict, exp_src_id: str | None) -> str:
+        """A version whose source was a plain path becomes a logged model with the same files."""
+        c = self.client
+        exp_id = self.exp_map.get(exp_src_id or "") or config.ensure_experiment(c, "Default")
+        lm = c.create_logged_model(
+            exp_id, name="model", source_run_id=self.run_map.get(version.get("run_id") or ""),
+            tags={PROV_MODEL: f"source:{key}"},
+        )
+        self.upload(lm.artifact_location, self.folder / "sources" / key / "artifacts")
+        c.finalize_logged_model(lm.model_id, "READY")
+        return lm.model_id
+
+    # ---- registered models -------------------------------------------------------------------
+    def version_args(self, v: dict) -> dict:
+        src = v["source_info"]
+        run_id = self.run_map.get(v.get("run_id") or "")
+        if src["kind"] == "logged_model":
+            mid = self.lm_map[src["model_id"]]
+            return {"source": f"models:/{mid}", "model_id": mid, "run_id": run_id}
+        if src["kind"] == "run":
+            base = self.run_uri[v["run_id"]].rstrip("/")
+            return {"source": f"{base}/{src['path']}" if src["path"] else base, "run_id": run_id}
+        mid = self.src_map[src["key"]]
+        return {"source": f"models:/{mid}", "model_id": mid, "run_id": run_id}
+
+    def restore_model(self, m: dict, resume: bool) -> int:
+        c, name = self.client, m["name"]
+        if resume:
+            log.info("%s: finishing an interrupted restore (rebuilding the registered model)", name)
+            c.delete_registered_model(name)
+        c.create_registered_model(
+            name, tags={**m["tags"], IN_PROGRESS_TAG: self.backup_id}, description=m["description"] or None
+        )
+        versions = {int(v["version"]): v for v in m["versions"]}
+        numbers = sorted(versions)
+        placeholders = 0
+        placeholder_lm = None
+        for n in range(1, int(m["max_version"]) + 1):
+            v = versions.get(n)
+            if v is not None:
+                args = self.version_args(v)
+                mv = c.create_model_version(
+                    name, args["source"], run_id=args.get("run_id"), tags=v["tags"] or None,
+                    run_link=v.get("run_link"), description=v["description"] or None,
+                    model_id=args.get("model_id"),
+                )
+            else:
+                donor = next((k for k in numbers if k > n), numbers[-1] if numbers else None)
+                if donor is not None:
+                    args = self.version_args(versions[donor])
+                else:
+                    placeholder_lm = placeholder_lm or self._placeholder_model()
+                    args = {"source": f"models:/{placeholder_lm}", "model_id": placeholder_lm, "run_id": None}
+                mv = c.create_model_version(name, args["source"], run_id=args.get("run_id"),
+                                            model_id=args.get("model_id"))
+            if int(mv.version) != n:
+                raise RestoreError(f"{name}: expected to create version {n} but MLflow created {mv.version}")
+            if v is None:
+                c.delete_model_version(name, str(n))
+                placeholders += 1
+            elif v["stage"] not in ("None", "", None):
+                with registry.stage_api():
+                    c.transition_model_version_stage(name, str(n), v["stage"], archive_existing_versions=False)
+            self.tick(f"{name} v{n}")
+        for alias, ver in sorted(m["aliases"].items()):
+            c.set_registered_model_alias(name, alias, str(ver))
+        if placeholder_lm:
+            c.delete_logged_model(placeholder_lm)
+        c.delete_registered_model_tag(name, IN_PROGRESS_TAG)
+        return placeholders
+
+    def _placeholder_model(self) -> str:
+        exp_id = config.ensure_experiment(self.client, "Default")
+        lm = self.client.create_logged_model(exp_id, name="mlops-restore-placeholder")
+        self.client.finalize_logged_model(lm.model_id, "READY")
+        return lm.model_id
+
+    def close(self) -> None:
+        self.file_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _target_state(client: MlflowClient, name: str, backup_id: str) -> str:
+    """'new', 'resume' (half-restored from this archive) or 'exists'."""
+    try:
+        rm = client.get_registered_model(name)
+    except MlflowException as exc:
+        if _not_found(exc):
+            return "new"
+        raise RestoreError(f"cannot read registered model '{name}' in the target: {_msg(exc)}") from None
+    return "resume" if (rm.tags or {}).get(IN_PROGRESS_TAG) == backup_id else "exists"
+
+
+def restore(
+    client: MlflowClient,
+    archive_path: Path,
+    models: list[str] | None = None,
+    *,
+    dry_run: bool = False,
+    if_exists: str = "fail",
+    workers: int = 8,
+    on_progress: Progress | None = None,
+) -> RestoreResult:
+    """Restore the selected (default: all) models of a backup archive into ``client``'s registry.
+
+    Raises RestoreError (with every failure listed) if anything could not be restored; re-running
+    the same command finishes an interrupted or failed restore.
+    """
+    if if_exists not in ("fail", "skip"):
+        raise RestoreError(f"--if-exists must be fail or skip, not {if_exists!r}")
+    folder, manifest = archive.extract_archive(Path(archive_path))
+    try:
+        return _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_progress)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_progress) -> RestoreResult:
+    try:
+        reg = json.loads((folder / "registry.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise RestoreError(f"archive has no readable registry.json: {exc}") from None
+    backup_id = manifest.get("backup_id") or reg.get("backup_id") or "unknown"
+    by_name = {m["name"]: m for m in reg["models"]}
+    wanted = list(dict.fromkeys(models)) if models else list(by_name)
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown:
+        raise RestoreError(f"not in the archive: {', '.join(unknown)} (it holds {', '.join(by_name) or 'no models'})")
+    result = RestoreResult(dry_run=dry_run, manifest=manifest)
+    result.plan.append(
+        f"archive verified: {len(manifest['files']) + 1} files, backup {backup_id} created {manifest.get('created')} "
+        f"with MLflow {manifest.get('mlflow_version')} from {manifest.get('source_tracking_uri')}"
+    )
+
+    states = {n: _target_state(client, n, backup_id) for n in wanted}
+    clash = [n for n, s in states.items() if s == "exists"]
+    if clash and if_exists == "fail":
+        raise RestoreError(
+            f"already in the target registry: {', '.join(clash)} (use --if-exists skip, or restore into an "
+            "empty server); nothing was changed"
+        )
+    selected = [by_name[n] for n in wanted if states[n] != "exists"]
+    result.skipped = clash
+
+    r = _Restorer(client, folder, reg, backup_id, workers, on_progress)
+    try:
+        run_ids, lm_ids, source_keys = _dependencies(r, selected)
+        exp_ids = {r.run_record(rid)["experiment_id"] for rid in run_ids}
+        lm_recs = {mid: r.lm_record(mid) for mid in lm_ids}
+        exp_ids |= {rec["experiment_id"] for rec in lm_recs.values()}
+        if dry_run:
+            _plan(r, result, selected, states, clash, exp_ids, run_ids, lm_ids, source_keys)
+            return result
+
+        r.ensure_experiments(exp_ids)
+        existing_runs = r.existing_runs()
+        existing_lms = r.existing_logged_models()
+        r.total = len(run_ids) + len(lm_ids) + len(source_keys) + sum(int(m["max_version"]) for m in selected)
+        failed_deps: set[str] = set()
+
+        # Runs, in parallel.
+        todo = []
+        for rid in sorted(run_ids):
+            prior = existing_runs.get(rid)
+            if prior is not None:
+                r.run_map[rid], r.run_uri[rid] = prior.info.run_id, prior.info.artifact_uri
+                result.runs_reused += 1
+                r.tick(f"run {rid} (already restored)")
+            else:
+                todo.append(rid)
+        for rid, out, err in _parallel(r, todo, lambda rid: r.restore_run(r.run_record(rid)), "run"):
+            if err:
+                failed_deps.add(rid)
+                r.failures.append(f"run {rid}: {err}")
+            else:
+                r.run_map[rid], r.run_uri[rid] = out
+                result.runs_created += 1
+
+        # Logged models and plain sources, in parallel (they name their restored runs).
+        outputs: dict[str, list[tuple[str, int]]] = {}
+        inputs: dict[str, list[str]] = {}
+        for rid in run_ids:
+            rec = r.run_record(rid)
+            for o in rec.get("model_outputs", []):
+                outputs.setdefault(o["model_id"], []).append((rid, int(o.get("step") or 0)))
+            for mid in rec.get("model_inputs", []):
+                inputs.setdefault(mid, []).append(rid)
+        todo = []
+        for mid in sorted(lm_ids):
+            prior = existing_lms.get(mid)
+            if prior is not None:
+                r.lm_map[mid] = prior.model_id
+                result.logged_models_reused += 1
+                r.tick(f"logged model {mid} (already restored)")
+            else:
+                todo.append(mid)
+        for mid, out, err in _parallel(r, todo, lambda mid: r.restore_logged_model(lm_recs[mid], outputs, inputs),
+                                       "logged model"):
+            if err:
+                failed_deps.add(mid)
+                r.failures.append(f"logged model {mid}: {err}")
+            else:
+                r.lm_map[mid] = out
+                result.logged_models_created += 1
+        src_versions = dict(source_keys)
+        todo = []
+        for key in sorted(src_versions):
+            prior = existing_lms.get(f"source:{key}")
+            if prior is not None:
+                r.src_map[key] = prior.model_id
+                r.tick(f"source {key} (already restored)")
+            else:
+                todo.append(key)
+
+        def _src(key):
+            v = src_versions[key]
+            exp = r.run_record(v["run_id"])["experiment_id"] if v.get("run_id") in run_ids else None
+            return r.restore_source(key, v, exp)
+
+        for key, out, err in _parallel(r, todo, _src, "source"):
+            if err:
+                failed_deps.add(key)
+                r.failures.append(f"model source {key}: {err}")
+            else:
+                r.src_map[key] = out
+
+        # Registered models: parallel across models, versions of one model in order.
+        ready, blocked = [], []
+        for m in selected:
+            deps = _model_deps(m)
+            bad = sorted(deps & failed_deps)
+            if bad:
+                blocked.append(m["name"])
+                r.failures.append(f"model {m['name']}: not restored because {bad[0]} failed")
+            else:
+                ready.append(m)
+        for name, out, err in _parallel(
+            r, [m["name"] for m in ready],
+            lambda n: r.restore_model(by_name[n], states[n] == "resume"), "model", tick=False,
+        ):
+            if err:
+                r.failures.append(f"model {name}: {err}")
+            else:
+                result.models.append(name)
+                result.versions += len(by_name[name]["versions"])
+                result.placeholders += out
+
+        # Runs deleted in the source are deleted again once everything refers to them.
+        for rid in sorted(run_ids):
+            if rid in r.run_map and r.run_record(rid).get("lifecycle_stage") == "deleted":
+                try:
+                    if client.get_run(r.run_map[rid]).info.lifecycle_stage == "active":
+                        client.delete_run(r.run_map[rid])
+                except MlflowException as exc:
+                    r.failures.append(f"run {rid}: cannot mark deleted: {_msg(exc)}")
+    finally:
+        r.close()
+    if r.failures:
+        raise RestoreError(
+            f"restore incomplete: {len(r.failures)} problem(s), first: {r.failures[0]}; "
+            "fix the cause and re-run the same command to finish",
+            r.failures,
+        )
+    return result
+
+
+def _dependencies(r: _Restorer, selected: list[dict]):
+    run_ids, lm_ids, source_keys = set(), set(), {}
+    for m in selected:
+        for v in m["versions"]:
+            src = v["source_info"]
+            if v.get("run_id"):
+                run_ids.add(v["run_id"])
+            if src["kind"] == "logged_model":
+                lm_ids.add(src["model_id"])
+            elif src["kind"] == "files":
+                source_keys.setdefault(src["key"], v)
+    for mid in lm_ids:
+        src_run = r.lm_record(mid).get("source_run_id")
+        if src_run and (r.folder / "runs" / src_run / "run.json").is_file():
+            run_ids.add(src_run)
+    missing = [rid for rid in run_ids if not (r.folder / "runs" / rid / "run.json").is_file()]
+    if missing:
+        raise RestoreError(f"archive is missing run {missing[0]}")
+    return run_ids, lm_ids, source_keys
+
+
+def _model_deps(m: dict) -> set[str]:
+    deps = set()
+    for v in m["versions"]:
+        src = v["source_info"]
+        if v.get("run_id"):
+            deps.add(v["run_id"])
+        if src["kind"] == "logged_model":
+            deps.add(src["model_id"])
+        elif src["kind"] == "files":
+            deps.add(src["key"])
+    return deps
+
+
+def _parallel(r: _Restorer, keys: list, fn, label: str, tick: bool = True):
+    """Run ``fn(key)`` for every key in a thread pool; yield (key, result, error message)."""
+    if not keys:
+        return
+    with ThreadPoolExecutor(max_workers=r.workers, thread_name_prefix="mlops-restore") as pool:
+        futures = {pool.submit(fn, k): k for k in keys}
+        for fut in as_completed(futures):
+            k = futures[fut]
+            try:
+                out, err = fut.result(), None
+            except Exception as exc:  # noqa: BLE001 - every failure is collected and reported
+                log.debug("restoring %s %s failed", label, k, exc_info=True)
+                out, err = None, _msg(exc)
+            if tick:
+                r.tick(f"{label} {k}")
+            yield k, out, err
+
+
+def _plan(r, result, selected, states, clash, exp_ids, run_ids, lm_ids, source_keys) -> None:
+    for name in clash:
+        result.plan.append(f"skip model '{name}': already in the target registry")
+    r.ensure_experiments(exp_ids, dry=result.plan)
+    for m in selected:
+        versions = sorted(m["versions"], key=lambda v: int(v["version"]))
+        verb = "rebuild (interrupted restore)" if states[m["name"]] == "resume" else "create"
+        stages = {}
+        for v in versions:
+            stages.setdefault(v["stage"], []).append(str(v["version"]))
+        stage_txt = "; ".join(f"{s}: v{','.join(vs)}" for s, vs in sorted(stages.items()))
+        alias_txt = ", ".join(f"{a}→v{v}" for a, v in sorted(m["aliases"].items())) or "none"
+        deleted = m.get("deleted_versions", [])
+        result.plan.append(
+            f"{verb} model '{m['name']}': {len(versions)} versions, numbers 1..{m['max_version']}"
+            + (f" with deleted {','.join(map(str, deleted))} recreated as deleted placeholders" if deleted else "")
+            + f"; stages {stage_txt or '-'}; aliases {alias_txt}; {len(m['tags'])} tags"
+        )
+        result.models.append(m["name"])
+        result.versions += len(versions)
+        result.placeholders += len(deleted)
+    files = sum(1 for p in r.folder.rglob("*") if p.is_file() and "/artifacts/" in p.as_posix())
+    result.plan.append(
+        f"runs to create or reuse: {len(run_ids)}; logged models: {len(lm_ids)}; other sources: {len(source_keys)}; "
+        f"artifact files: {files}"
+    )
+
+
+def default_workers() -> int:
+    """Parallel transfers (``MLOPS_RESTORE_WORKERS``, default 8)."""
+    try:
+        return max(1, int(os.environ.get("MLOPS_RESTORE_WORKERS", "8")))
+    except ValueError:
+        return 8
