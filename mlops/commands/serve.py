@@ -26,6 +26,7 @@ def serve(host: str | None, port: int | None, workers: int | None, tracking_uri:
     registry: a new Production version is served within seconds, without a restart.
     """
     import serving
+    from serving.settings import Settings, SettingsError
 
     conf = Path(serving.__file__).resolve().parent / "gunicorn.conf.py"
     if host:
@@ -34,6 +35,15 @@ def serve(host: str | None, port: int | None, workers: int | None, tracking_uri:
         os.environ["PORT"] = str(port)
     if workers:
         os.environ["WORKERS"] = str(workers)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        fail(str(exc))
+    click.echo(
+        f"serving {settings.model_name} ({settings.selector_label}) on http://{settings.host}:{settings.port} "
+        f"with {settings.workers} worker(s); logs in {settings.log_dir / 'app.log'}",
+        err=True,
+    )
     argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "serving.wsgi:app"]
     os.execv(sys.executable, argv)
 

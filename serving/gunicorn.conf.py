@@ -1,0 +1,76 @@
+"""gunicorn settings for the prediction service (``mlops serve`` uses this file).
+
+* bind/workers from the service settings (``HOST``, ``PORT``, ``WORKERS``; default 2 x cores + 1,
+  at most 8), ``gthread`` workers with keep-alive;
+* the app (and its heavy imports: MLflow, scikit-learn) is preloaded once in the master and
+  forked; no thread runs in the master: each worker starts its registry poller after the fork;
+* graceful shutdown on SIGTERM (``GRACEFUL_TIMEOUT_S``), worker timeout ``TIMEOUT_S``;
+* access log off unless ``ACCESS_LOG`` is set (``-`` for stdout or a file path);
+* no control socket (gunicorn 26 would share ``~/.gunicorn/gunicorn.ctl`` between instances);
+* Prometheus multiprocess directory: ``PROMETHEUS_MULTIPROC_DIR`` or a fresh temp folder, wiped at
+  start, per-worker gauges dropped when a worker exits, removed on exit if it was ours.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import tempfile
+
+from serving.settings import Settings
+
+_settings = Settings.from_env()
+
+# Must be in the environment before prometheus_client is imported (by the preloaded app).
+_OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+if _OWN_METRICS_DIR:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="serving-metrics-")
+else:
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    for _stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+        os.unlink(_stale)
+
+bind = f"{_settings.host}:{_settings.port}"
+workers = _settings.workers
+worker_class = os.environ.get("WORKER_CLASS", "gthread")
+threads = int(os.environ.get("THREADS", "1"))
+keepalive = int(os.environ.get("KEEPALIVE_S", "5"))
+timeout = int(os.environ.get("TIMEOUT_S", "60"))
+graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT_S", "20"))
+preload_app = True
+control_socket_disable = True
+proc_name = f"mlops-serving:{_settings.port}"
+accesslog = os.environ.get("ACCESS_LOG") or None
+errorlog = "-"
+loglevel = _settings.log_level.lower()
+limit_request_line = 8190
+forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def post_worker_init(worker):
+    """In the worker, after the fork: start this worker's registry poller."""
+    from serving.app import EXTENSION
+
+    worker.wsgi.extensions[EXTENSION].start()
+
+
+def worker_exit(server, worker):
+    """Stop the poller (it is a daemon thread; this only makes the exit prompt)."""
+    from serving.app import EXTENSION
+
+    app = getattr(worker, "wsgi", None)
+    if app is not None and EXTENSION in getattr(app, "extensions", {}):
+        app.extensions[EXTENSION].stop()
+
+
+def child_exit(server, worker):
+    """In the master: drop the exited worker's live gauges from the metrics."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""), ignore_errors=True)

@@ -1,0 +1,462 @@
+"""Request parsing and validation against a model signature (MLflow's scoring formats).
+
+The fast path turns a request into one numpy array in signature column order without building a
+pandas DataFrame. It lays the array out column-major, as pandas hands it to scikit-learn on the
+pyfunc path, so both paths feed scikit-learn the same bytes and give bit-identical results.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from itertools import chain
+from operator import itemgetter
+from typing import Any
+
+import numpy as np
+import orjson
+
+FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+PARAMS_KEY = "params"
+JSON_TYPES = ("application/json",)
+CSV_TYPES = ("text/csv",)
+
+# JSON value types accepted for each signature type (bool is not a number here).
+_ALLOWED = {
+    "double": (float, int),
+    "float": (float, int),
+    "long": (int,),
+    "integer": (int,),
+    "boolean": (bool,),
+    "string": (str,),
+    "binary": (str, bytes),
+    "datetime": (str,),
+}
+_NUMERIC = ("double", "float", "long", "integer", "boolean")
+
+
+class InputError(Exception):
+    """A client mistake: becomes an HTTP 4xx with ``{"error_code", "message"}``."""
+
+    def __init__(self, code: str, message: str, status: int = 400):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One named column of the model's input signature."""
+
+    name: str
+    type: str
+    required: bool
+    dtype: np.dtype | None
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """Precomputed column order and dtypes of a column-based signature."""
+
+    columns: tuple[str, ...]
+    specs: tuple[ColumnSpec, ...]
+    #: one numpy dtype for the whole array when every column has the same numeric type
+    dtype: np.dtype | None
+    all_required: bool
+    has_params: bool
+
+    @property
+    def uniform(self) -> bool:
+        """True when a request becomes one numpy array (the fast path)."""
+        return self.dtype is not None
+
+    @classmethod
+    def from_signature(cls, signature) -> InputSpec | None:
+        """The spec of a named, column-based signature; None for tensors or no signature."""
+        if signature is None or signature.inputs is None:
+            return None
+        schema = signature.inputs
+        if schema.is_tensor_spec() or not schema.has_input_names():
+            return None
+        specs = []
+        for col in schema.inputs:
+            type_name = getattr(col.type, "name", None)
+            if type_name not in _ALLOWED:
+                return None  # arrays, objects, maps: leave them to MLflow's own parser
+            try:
+                dtype = np.dtype(col.type.to_numpy())
+            except Exception:  # noqa: BLE001 - no numpy equivalent
+                dtype = None
+            specs.append(ColumnSpec(col.name, type_name, bool(col.required), dtype))
+        types = {s.type for s in specs}
+        uniform = None
+        if len(types) == 1 and next(iter(types)) in _NUMERIC:
+            uniform = specs[0].dtype
+            if specs[0].type in ("long", "integer", "boolean") and not all(s.required for s in specs):
+                uniform = None  # a missing value has no integer/bool representation
+        params = getattr(signature, "params", None)
+        return cls(
+            columns=tuple(s.name for s in specs),
+            specs=tuple(specs),
+            dtype=uniform,
+            all_required=all(s.required for s in specs),
+            has_params=bool(params and getattr(params, "params", None)),
+        )
+
+
+@dataclass
+class ParsedInput:
+    """A validated request: an array (fast path) or a DataFrame, plus MLflow ``params``."""
+
+    array: np.ndarray | None
+    frame: Any | None
+    params: dict | None
+    rows: int
+    fmt: str
+
+
+# ------------------------------------------------------------------------------------------------
+# Content type and body
+# ------------------------------------------------------------------------------------------------
+
+def media_type(content_type: str | None) -> str:
+    """``json`` or ``csv``; InputError 415 for anything else (or a charset other than UTF-8)."""
+    if not content_type:
+        raise InputError(
+            "UNSUPPORTED_MEDIA_TYPE",
+            "missing Content-Type: send application/json or text/csv",
+            415,
+        )
+    parts = [p.strip() for p in content_type.split(";")]
+    mime = parts[0].lower()
+    for extra in parts[1:]:
+        key, _, value = extra.partition("=")
+        if key.strip().lower() == "charset":
+            if value.strip().strip('"').lower() not in ("utf-8", "utf8"):
+                raise InputError("UNSUPPORTED_MEDIA_TYPE", f"only UTF-8 is supported, got charset {value}", 415)
+        elif key.strip():
+            raise InputError("UNSUPPORTED_MEDIA_TYPE", f"unsupported Content-Type parameter '{key.strip()}'", 415)
+    if mime in JSON_TYPES:
+        return "json"
+    if mime in CSV_TYPES:
+        return "csv"
+    raise InputError(
+        "UNSUPPORTED_MEDIA_TYPE",
+        f"unsupported Content-Type '{parts[0]}': send application/json or text/csv",
+        415,
+    )
+
+
+def decode_json(body: bytes) -> dict:
+    """The request object; InputError for malformed JSON or a non-object."""
+    if not body:
+        raise InputError("EMPTY_INPUT", "request body is empty")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        try:  # MLflow's parser also accepts NaN/Infinity literals; reject them later, by column
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise InputError("MALFORMED_JSON", f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InputError(
+            "INVALID_INPUT_FORMAT",
+            f"expected a JSON object with exactly one of {', '.join(FORMATS)}; got a {_jtype(payload)}",
+        )
+    return payload
+
+
+def split_payload(payload: dict) -> tuple[str, Any, dict | None]:
+    """(format, data, params) from a scoring-protocol object."""
+    found = [k for k in FORMATS if k in payload]
+    if len(found) != 1:
+        got = ", ".join(sorted(map(str, payload))) or "none"
+        raise InputError(
+            "INVALID_INPUT_FORMAT",
+            f"the JSON object must have exactly one of {', '.join(FORMATS)} (plus optional params); got keys: {got}",
+        )
+    unknown = [k for k in payload if k not in FORMATS and k != PARAMS_KEY]
+    if unknown:
+        raise InputError("INVALID_INPUT_FORMAT", f"unknown top-level key(s): {', '.join(map(str, unknown))}")
+    params = payload.get(PARAMS_KEY)
+    if params is not None and not isinstance(params, dict):
+        raise InputError("INVALID_PARAMS", f"params must be a JSON object, got a {_jtype(params)}")
+    return found[0], payload[found[0]], params
+
+
+# ------------------------------------------------------------------------------------------------
+# Validation against the signature
+# ------------------------------------------------------------------------------------------------
+
+def parse(body: bytes, kind: str, spec: InputSpec, build_frame: bool = False) -> ParsedInput:
+    """Validate a JSON or CSV body against ``spec``; raise InputError naming the problem."""
+    if kind == "csv":
+        return _parse_csv(body, spec, build_frame)
+    fmt, data, params = split_payload(decode_json(body))
+    if fmt == "dataframe_split":
+        rows = _split_rows(data, spec)
+    elif fmt == "dataframe_records":
+        if not isinstance(data, list):
+            raise InputError("INVALID_INPUT_FORMAT", f"dataframe_records must be a list of objects, got a {_jtype(data)}")
+        rows = _records_rows(data, spec, fmt)
+    else:
+        rows = _tf_rows(data, spec, fmt)
+    n = len(rows)
+    if n == 0:
+        raise InputError("EMPTY_INPUT", f"{fmt} holds no rows")
+    if spec.uniform and not build_frame:
+        return ParsedInput(_to_array(rows, spec), None, params, n, fmt)
+    _check_values(rows, spec)
+    return ParsedInput(None, _to_frame(rows, spec), params, n, fmt)
+
+
+def _split_rows(data: Any, spec: InputSpec) -> list:
+    if not isinstance(data, dict):
+        raise InputError("INVALID_INPUT_FORMAT", f"dataframe_split must be an object with columns and data, got a {_jtype(data)}")
+    extra = set(data) - {"columns", "data", "index"}
+    if extra:
+        raise InputError("INVALID_INPUT_FORMAT", f"dataframe_split has unknown key(s): {', '.join(sorted(map(str, extra)))}")
+    if "columns" not in data:
+        raise InputError("MISSING_COLUMNS", "dataframe_split needs 'columns' (the signature's column names)")
+    if "data" not in data:
+        raise InputError("INVALID_INPUT_FORMAT", "dataframe_split needs 'data' (a list of rows)")
+    columns, rows = data["columns"], data["data"]
+    if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+        raise InputError("INVALID_INPUT_FORMAT", "dataframe_split columns must be a list of strings")
+    if not isinstance(rows, list):
+        raise InputError("INVALID_INPUT_FORMAT", f"dataframe_split data must be a list of rows, got a {_jtype(rows)}")
+    _check_rows_shape(rows, len(columns), "dataframe_split")
+    if tuple(columns) == spec.columns:
+        return rows
+    perm = _permutation(columns, spec)
+    getter = itemgetter(*perm)
+    return [getter(r) for r in rows] if len(perm) > 1 else [[r[perm[0]]] for r in rows]
+
+
+def _permutation(columns: list[str], spec: InputSpec) -> list[int]:
+    """Positions of the signature's columns in ``columns``; InputError for missing/extra/dupes."""
+    seen: dict[str, int] = {}
+    dupes = []
+    for i, c in enumerate(columns):
+        if c in seen:
+            dupes.append(c)
+        seen[c] = i
+    if dupes:
+        raise InputError("DUPLICATE_COLUMNS", f"duplicate column(s): {_names(dupes)}")
+    _check_column_names(set(columns), spec)
+    return [seen[c] for c in spec.columns]
+
+
+def _check_column_names(given: set, spec: InputSpec) -> None:
+    required = {s.name for s in spec.specs if s.required}
+    missing = [c for c in spec.columns if c in required and c not in given]
+    extra = sorted(str(c) for c in given - set(spec.columns))
+    if missing:
+        raise InputError("MISSING_COLUMNS", f"missing column(s) required by the model signature: {_names(missing)}")
+    if extra:
+        raise InputError("UNKNOWN_COLUMNS", f"column(s) not in the model signature: {_names(extra)}")
+
+
+def _check_rows_shape(rows: list, width: int, fmt: str) -> None:
+    if not rows:
+        return
+    if not set(map(type, rows)) <= {list}:
+        bad = next(i for i, r in enumerate(rows) if type(r) is not list)
+        raise InputError("INVALID_INPUT_FORMAT", f"{fmt}: row {bad} must be a list of values, got a {_jtype(rows[bad])}")
+    if set(map(len, rows)) != {width}:
+        bad = next(i for i, r in enumerate(rows) if len(r) != width)
+        raise InputError("INVALID_INPUT_FORMAT", f"{fmt}: row {bad} has {len(rows[bad])} values, expected {width}")
+
+
+def _records_rows(records: list, spec: InputSpec, fmt: str) -> list:
+    if not records:
+        return records
+    if not set(map(type, records)) <= {dict}:
+        bad = next(i for i, r in enumerate(records) if type(r) is not dict)
+        raise InputError("INVALID_INPUT_FORMAT", f"{fmt}: record {bad} must be an object, got a {_jtype(records[bad])}")
+    width = len(spec.columns)
+    if set(map(len, records)) == {width}:
+        getter = itemgetter(*spec.columns)
+        try:
+            rows = list(map(getter, records))
+            return rows if width > 1 else [[v] for v in rows]
+        except KeyError:
+            pass  # fall through to the per-record diagnosis
+    for i, rec in enumerate(records):
+        try:
+            _check_column_names(set(rec), spec)
+        except InputError as exc:
+            raise InputError(exc.code, f"{fmt} record {i}: {exc.message}") from None
+    # Every record has the required columns; absent optional ones become None (a missing value).
+    return [[rec.get(c) for c in spec.columns] for rec in records]
+
+
+def _tf_rows(data: Any, spec: InputSpec, fmt: str) -> list:
+    if isinstance(data, dict):
+        return _columnar_rows(data, spec, fmt)
+    if not isinstance(data, list):
+        raise InputError("INVALID_INPUT_FORMAT", f"{fmt} must be a list of rows/records or an object of columns, got a {_jtype(data)}")
+    if data and isinstance(data[0], dict):
+        return _records_rows(data, spec, fmt)
+    _check_rows_shape(data, len(spec.columns), fmt)
+    return data
+
+
+def _columnar_rows(data: dict, spec: InputSpec, fmt: str) -> list:
+    _check_column_names(set(data), spec)
+    values = [data.get(c) for c in spec.columns]
+    if all(not isinstance(v, list) for v in values):
+        return [values]  # a single row given as {column: value}
+    lengths = {len(v) for v in values if isinstance(v, list)}
+    if len(lengths) != 1 or not all(isinstance(v, list) or v is None for v in values):
+        raise InputError("INVALID_INPUT_FORMAT", f"{fmt}: every column must be a list of the same length")
+    n = lengths.pop()
+    cols = [v if isinstance(v, list) else [None] * n for v in values]
+    return list(zip(*cols, strict=True))
+
+
+def _to_array(rows: list, spec: InputSpec) -> np.ndarray:
+    """Rows (in signature order) → a column-major array of the signature dtype."""
+    ctype = spec.specs[0].type
+    allowed = _ALLOWED[ctype]
+    if not spec.all_required:
+        allowed = (*allowed, type(None))
+    types = set(map(type, chain.from_iterable(rows)))
+    if not types <= set(allowed):
+        _check_values(rows, spec)  # raises with the column and row
+    try:
+        if spec.dtype.kind == "f":
+            arr = np.array(rows, dtype=np.float64)
+            if spec.dtype != np.float64:
+                arr = arr.astype(spec.dtype)
+        else:
+            arr = np.array(rows, dtype=spec.dtype)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise InputError("INVALID_VALUE", f"values do not fit the signature type {ctype}: {exc}") from None
+    if arr.ndim != 2 or arr.shape[1] != len(spec.columns):
+        raise InputError("INVALID_INPUT_FORMAT", f"expected rows of {len(spec.columns)} values")
+    if arr.dtype.kind == "f":
+        _check_finite(arr, spec)
+    return np.asfortranarray(arr)
+
+
+def _check_finite(arr: np.ndarray, spec: InputSpec) -> None:
+    if spec.all_required:
+        if np.isfinite(arr).all():
+            return
+        bad = np.argwhere(~np.isfinite(arr))[0]
+    else:
+        idx = [i for i, s in enumerate(spec.specs) if s.required]
+        sub = arr[:, idx]
+        if np.isfinite(sub).all():
+            return
+        b = np.argwhere(~np.isfinite(sub))[0]
+        bad = (b[0], idx[b[1]])
+    row, col = int(bad[0]), int(bad[1])
+    value = arr[row, col]
+    what = "a missing value (null/NaN)" if np.isnan(value) else f"a non-finite value ({value})"
+    raise InputError(
+        "MISSING_VALUE" if np.isnan(value) else "INVALID_VALUE",
+        f"row {row}, column '{spec.columns[col]}': {what}; the signature requires a finite {spec.specs[col].type}",
+    )
+
+
+def _check_values(rows: list, spec: InputSpec) -> None:
+    """Slow, exact per-value check; raises at the first value that does not fit its column."""
+    allowed = [_ALLOWED[s.type] for s in spec.specs]
+    for r, row in enumerate(rows):
+        for c, value in enumerate(row):
+            col = spec.specs[c]
+            if value is None or (type(value) is float and value != value):
+                if col.required:
+                    raise InputError(
+                        "MISSING_VALUE",
+                        f"row {r}, column '{col.name}': a missing value (null/NaN); the signature requires a {col.type}",
+                    )
+                continue
+            if type(value) not in allowed[c]:
+                raise InputError(
+                    "INVALID_VALUE_TYPE",
+                    f"row {r}, column '{col.name}': expected {col.type}, got {_jtype(value)} {_short(value)}",
+                )
+            if type(value) is float and value in (float("inf"), float("-inf")) and col.required:
+                raise InputError("INVALID_VALUE", f"row {r}, column '{col.name}': a non-finite value ({value})")
+
+
+def _to_frame(rows: list, spec: InputSpec):
+    import pandas as pd
+
+    return pd.DataFrame([list(r) for r in rows], columns=list(spec.columns))
+
+
+def _parse_csv(body: bytes, spec: InputSpec, build_frame: bool) -> ParsedInput:
+    """CSV parsed exactly as MLflow's scoring server does (pandas with the signature dtypes)."""
+    import pandas as pd
+
+    if not body.strip():
+        raise InputError("EMPTY_INPUT", "request body is empty")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError("MALFORMED_CSV", f"CSV body is not UTF-8: {exc}") from None
+    try:
+        cols = next(csv.reader(io.StringIO(text)))
+    except (csv.Error, StopIteration) as exc:
+        raise InputError("MALFORMED_CSV", f"cannot parse the CSV header: {_first_line(exc)}") from None
+    dupes = sorted({c for c in cols if cols.count(c) > 1})
+    if dupes:
+        raise InputError("DUPLICATE_COLUMNS", f"duplicate column(s): {_names(dupes)}")
+    _check_column_names(set(cols), spec)
+    dtypes = {s.name: s.dtype for s in spec.specs if s.dtype is not None and s.name in cols}
+    if not spec.all_required:
+        dtypes = {k: v for k, v in dtypes.items() if v.kind == "f"}
+    try:
+        frame = pd.read_csv(io.StringIO(text), dtype=dtypes)
+    except (ValueError, TypeError) as exc:
+        raise InputError("INVALID_VALUE_TYPE", f"CSV values do not match the signature types: {_first_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001
+        raise InputError("MALFORMED_CSV", f"cannot parse CSV: {_first_line(exc)}") from None
+    if len(frame) == 0:
+        raise InputError("EMPTY_INPUT", "CSV holds a header but no rows")
+    required = [s.name for s in spec.specs if s.required]
+    nulls = frame[required].isna().any()
+    if nulls.any():
+        col = nulls[nulls].index[0]
+        row = int(frame[col].isna().to_numpy().argmax())
+        raise InputError("MISSING_VALUE", f"row {row}, column '{col}': a missing value; the signature requires a value")
+    for s in spec.specs:
+        if s.name in frame and s.dtype is not None and s.dtype.kind == "f":
+            values = frame[s.name].to_numpy()
+            if s.required and not np.isfinite(values).all():
+                row = int((~np.isfinite(values)).argmax())
+                raise InputError("INVALID_VALUE", f"row {row}, column '{s.name}': a non-finite value")
+    frame = frame.reindex(columns=list(spec.columns)) if list(frame.columns) != list(spec.columns) else frame
+    if spec.uniform and not build_frame:
+        arr = np.asfortranarray(frame.to_numpy(dtype=spec.dtype))
+        return ParsedInput(arr, None, None, len(frame), "csv")
+    return ParsedInput(None, frame, None, len(frame), "csv")
+
+
+def _jtype(value: Any) -> str:
+    return {
+        dict: "object", list: "list", str: "string", bool: "boolean", int: "integer",
+        float: "number", type(None): "null", tuple: "list",
+    }.get(type(value), type(value).__name__)
+
+
+def _short(value: Any) -> str:
+    text = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode() if not isinstance(value, bytes) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _names(names) -> str:
+    names = [f"'{n}'" for n in names]
+    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,375 @@
+"""Model lifecycle inside one worker: follow the registry, swap versions safely, fall back to cache.
+
+Each gunicorn worker owns one ``ModelManager``. Its poller thread is started after the fork
+(gunicorn ``post_worker_init``, or lazily on the first request), never in the master. Every
+``POLL_INTERVAL_S`` it resolves the selected version (stage or alias) in the registry; when that
+changes it downloads the version into the cache (once for all workers), loads it, smoke-tests it
+and only then replaces the one ``current`` reference that requests read. A version that fails any
+of those steps is never swapped in: the old one keeps serving, the failure is logged at ERROR,
+counted and shown in ``/health``, and retried only after a back-off or an operator's reload.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+import time
+from dataclasses import dataclass
+
+from mlops import registry
+from mlops.model_io import ModelLoadError
+from serving.cache import ModelCache
+from serving.metrics import Metrics
+from serving.runtime import ModelRuntime, VersionMeta
+from serving.settings import Settings
+
+log = logging.getLogger("serving.manager")
+
+DOWNLOAD_RETRY_S = 5.0
+
+
+class RegistryUnreachable(RuntimeError):
+    """The registry could not be asked (network, server error)."""
+
+
+class NothingSelected(RuntimeError):
+    """The registry answered, but no version holds the stage/alias."""
+
+
+@dataclass
+class Failure:
+    """A version that could not be swapped in."""
+
+    version: str
+    phase: str
+    error: str
+    at: float
+    retry_at: float
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "phase": self.phase, "error": self.error, "at": iso(self.at),
+                "retry_at": iso(self.retry_at)}
+
+
+class ModelManager:
+    """Holds the version this worker serves and keeps it in step with the registry."""
+
+    def __init__(self, settings: Settings, metrics: Metrics):
+        self.settings = settings
+        self.metrics = metrics
+        self.cache = ModelCache(settings.model_cache_dir, settings.model_name)
+        self.current: ModelRuntime | None = None
+        self.registry_reachable: bool | None = None
+        self.registry_version: str | None = None
+        self.registry_note: str | None = None
+        self.last_check_at: float | None = None
+        self.last_check_ok_at: float | None = None
+        self.last_check_error: str | None = None
+        self.last_swap_error: Failure | None = None
+        self.started_from_cache = False
+        self.swaps = 0
+        self.failures: dict[str, Failure] = {}
+        self._cache_tried: set[str] = set()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid: int | None = None
+        self._client = None
+        self._reload_seen = 0.0
+
+    # -- thread -----------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._pid == os.getpid() and self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the poller in this process (idempotent; a forked child starts its own)."""
+        if self.running:
+            return
+        with self._lock:
+            if self.running:
+                return
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(math.ceil(self.settings.registry_timeout_s)))
+            self._pid = os.getpid()
+            self._client = None
+            self._stop.clear()
+            self._reload_seen = self.cache.reload_marker_mtime()
+            self._thread = threading.Thread(target=self._run, name="registry-poller", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def _run(self) -> None:
+        log.info(
+            "following %s %s in %s (poll every %ss)", self.settings.model_name, self.settings.selector_label,
+            self.settings.public()["tracking_uri"], self.settings.poll_interval_s,
+        )
+        while not self._stop.is_set():
+            try:
+                self.check(force=self._reload_requested())
+            except Exception:  # noqa: BLE001 - the poller must survive anything
+                log.exception("registry poll failed unexpectedly")
+            self._wake.wait(self.settings.poll_interval_s)
+            self._wake.clear()
+
+    def _reload_requested(self) -> bool:
+        mtime = self.cache.reload_marker_mtime()
+        if mtime > self._reload_seen:
+            self._reload_seen = mtime
+            return True
+        return False
+
+    # -- one check --------------------------------------------------------------------------------
+
+    def check(self, force: bool = False, timeout: float | None = None) -> dict:
+        """Ask the registry once and swap if the selection changed. Returns what happened."""
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            return {"swapped": False, "error": "another check is still running"}
+        try:
+            return self._check(force)
+        finally:
+            self._lock.release()
+
+    def _check(self, force: bool) -> dict:
+        before = self.current.version if self.current else None
+        self.metrics.registry_checks.inc()
+        self.last_check_at = time.time()
+        try:
+            mv = self._resolve()
+        except RegistryUnreachable as exc:
+            self._registry_failed(str(exc))
+            if self.current is None:
+                self._load_from_cache("the registry is unreachable")
+            return self._result(before, error=f"registry unreachable: {exc}")
+        except NothingSelected as exc:
+            self._registry_ok(None, str(exc))
+            return self._result(before, error=str(exc))
+        self._registry_ok(mv.version, None)
+        if self.current is not None and self.current.version == str(mv.version):
+            self.current.meta.stage = mv.current_stage or self.current.meta.stage
+            self.last_swap_error = None
+            return self._result(before)
+        failure = self.failures.get(str(mv.version))
+        if failure is not None and not force and time.time() < failure.retry_at:
+            return self._result(before, error=f"v{mv.version} refused: {failure.error}")
+        error = self._swap_to(mv)
+        if self.current is None:
+            self._load_from_cache(f"v{mv.version} cannot be loaded")
+        return self._result(before, error=error)
+
+    def _result(self, before: str | None, error: str | None = None) -> dict:
+        now = self.current.version if self.current else None
+        return {
+            "model_name": self.settings.model_name,
+            "previous_version": before,
+            "model_version": now,
+            "registry_version": self.registry_version,
+            "swapped": now != before,
+            "error": error,
+        }
+
+    def _registry_failed(self, error: str) -> None:
+        self.metrics.registry_failures.inc()
+        self.metrics.registry_up.set(0)
+        if self.registry_reachable is not False:
+            log.warning("registry unreachable (%s); serving continues with %s", error,
+                        f"v{self.current.version}" if self.current else "no model yet")
+        self.registry_reachable = False
+        self.last_check_error = error
+
+    def _registry_ok(self, version: str | None, note: str | None) -> None:
+        if self.registry_reachable is False:
+            log.info("registry reachable again")
+        self.metrics.registry_up.set(1)
+        self.registry_reachable = True
+        self.registry_version = str(version) if version is not None else None
+        self.registry_note = note
+        self.last_check_ok_at = self.last_check_at
+        self.last_check_error = None
+
+    # -- registry ---------------------------------------------------------------------------------
+
+    def client(self):
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            uri = self.settings.tracking_uri
+            self._client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        return self._client
+
+    def _resolve(self):
+        s = self.settings
+        try:
+            return registry.resolve(self.client(), s.model_name, stage=s.model_stage, alias=s.model_alias)
+        except registry.RegistryError as exc:
+            msg = str(exc)
+            if msg.startswith("cannot read"):
+                raise RegistryUnreachable(_one_line(msg)) from None
+            raise NothingSelected(msg) from None
+        except Exception as exc:  # noqa: BLE001 - connection errors, 5xx, database errors
+            self._client = None
+            raise RegistryUnreachable(_one_line(getattr(exc, "message", None) or str(exc) or type(exc).__name__)) from None
+
+    def _meta(self, mv) -> VersionMeta:
+        client = self.client()
+        meta = VersionMeta(
+            name=self.settings.model_name, version=str(mv.version), selector=self.settings.selector,
+            stage=mv.current_stage, run_id=mv.run_id, source=mv.source, description=mv.description,
+        )
+        try:
+            rm = client.get_registered_model(self.settings.model_name)
+            meta.aliases = sorted(a for a, v in (rm.aliases or {}).items() if str(v) == str(mv.version))
+        except Exception as exc:  # noqa: BLE001 - informative only
+            log.warning("could not read aliases of %s: %s", self.settings.model_name, _one_line(str(exc)))
+        if mv.run_id:
+            try:
+                meta.metrics = dict(client.get_run(mv.run_id).data.metrics)
+            except Exception as exc:  # noqa: BLE001 - informative only
+                log.warning("could not read the metrics of run %s: %s", mv.run_id, _one_line(str(exc)))
+        return meta
+
+    # -- swapping ---------------------------------------------------------------------------------
+
+    def _swap_to(self, mv) -> str | None:
+        """Download, load, smoke-test, then swap; on failure keep the current version."""
+        version = str(mv.version)
+        name = self.settings.model_name
+        t0 = time.perf_counter()
+        phase = "download"
+        try:
+            meta = self._meta(mv)
+            path = self.cache.ensure(version, self.settings.tracking_uri)
+            t1 = time.perf_counter()
+            phase = "load"
+            runtime = ModelRuntime.load(path, meta, loaded_from="registry")
+        except ModelLoadError as exc:
+            phase = getattr(exc, "phase", phase)
+            return self._refuse(version, phase, str(exc))
+        except Exception as exc:  # noqa: BLE001 - anything else is a refusal too
+            return self._refuse(version, phase, f"{type(exc).__name__}: {_one_line(str(exc))}")
+        self._install(runtime)
+        self.failures.pop(version, None)
+        self.last_swap_error = None
+        log.info(
+            "now serving %s v%s (%s), was %s; download %.2fs, load + smoke test %.2fs, fast path: %s",
+            name, version, self.settings.selector_label,
+            f"v{self._previous}" if self._previous else "nothing", t1 - t0, time.perf_counter() - t1,
+            runtime.native_reason,
+            extra={"fields": {"event": "model_swapped", "model_name": name, "model_version": version,
+                              "previous_version": self._previous}},
+        )
+        try:
+            self.cache.write_pointer(self.settings.selector, version, meta.to_dict())
+        except OSError as exc:
+            log.warning("could not update the cache pointer: %s", exc)
+        return None
+
+    def _install(self, runtime: ModelRuntime) -> None:
+        """The swap: one reference assignment. In-flight requests finish on the version they took."""
+        old = self.current
+        self._previous = old.version if old else None
+        self.current = runtime
+        self.swaps += 1
+        self.metrics.swaps.labels(self.settings.model_name).inc()
+        self.metrics.set_serving(self.settings.model_name, self._previous, runtime.version)
+        if old is not None and old is not runtime:
+            old.unload()
+
+    def _refuse(self, version: str, phase: str, error: str) -> str:
+        now = time.time()
+        delay = DOWNLOAD_RETRY_S if phase == "download" else self.settings.retry_failed_after_s
+        failure = Failure(version, phase, _one_line(error), now, now + delay)
+        self.failures[version] = failure
+        self.last_swap_error = failure
+        self.metrics.swap_failures.labels(self.settings.model_name, phase).inc()
+        log.error(
+            "refused %s v%s (%s failed): %s; still serving %s; next try in %.0fs or on reload",
+            self.settings.model_name, version, phase, failure.error,
+            f"v{self.current.version}" if self.current else "nothing", delay,
+            extra={"fields": {"event": "swap_failed", "model_version": version, "phase": phase}},
+        )
+        return f"v{version} refused ({phase} failed): {failure.error}"
+
+    def _load_from_cache(self, why: str) -> None:
+        """Start from the last version that passed here before (the ``current`` pointer)."""
+        entry = self.cache.read_pointer(self.settings.selector)
+        if entry is None:
+            if "" not in self._cache_tried:
+                self._cache_tried.add("")
+                log.warning("%s and no cached version for %s: not ready", why, self.settings.selector_label)
+            return
+        version = str(entry["version"])
+        if version in self._cache_tried or version in self.failures:
+            return
+        self._cache_tried.add(version)
+        meta = VersionMeta.from_dict(entry.get("meta") or {"name": self.settings.model_name, "version": version,
+                                                           "selector": self.settings.selector})
+        meta.version = version
+        try:
+            runtime = ModelRuntime.load(self.cache.version_dir(version), meta, loaded_from="cache")
+        except Exception as exc:  # noqa: BLE001
+            log.error("cached v%s cannot be loaded either: %s", version, _one_line(str(exc)))
+            return
+        self._install(runtime)
+        self.started_from_cache = True
+        log.warning(
+            "%s: started from the cache with %s v%s (last known good for %s)", why, self.settings.model_name,
+            version, self.settings.selector_label,
+            extra={"fields": {"event": "started_from_cache", "model_version": version}},
+        )
+
+    # -- reporting --------------------------------------------------------------------------------
+
+    def health(self) -> dict:
+        """Liveness details for /health."""
+        cur = self.current
+        if cur is None:
+            status = "starting" if self.last_check_at is None or self.registry_reachable else "unavailable"
+        elif self.registry_reachable is False or self.last_swap_error is not None:
+            status = "degraded"
+        else:
+            status = "ok"
+        return {
+            "status": status,
+            "model_name": self.settings.model_name,
+            "model_version": cur.version if cur else None,
+            "model_stage": cur.meta.stage if cur else None,
+            "selector": self.settings.selector,
+            "loaded_at": iso(cur.loaded_at) if cur else None,
+            "loaded_from": cur.loaded_from if cur else None,
+            "started_from_cache": self.started_from_cache,
+            "fast_path": cur.fast if cur else None,
+            "registry": self.registry_status(),
+            "last_swap_error": self.last_swap_error.to_dict() if self.last_swap_error else None,
+            "pid": os.getpid(),
+        }
+
+    def registry_status(self) -> dict:
+        return {
+            "reachable": self.registry_reachable,
+            "selected_version": self.registry_version,
+            "note": self.registry_note,
+            "last_check": iso(self.last_check_at),
+            "last_success": iso(self.last_check_ok_at),
+            "error": self.last_check_error,
+        }
+
+    _previous: str | None = None
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}Z"
+
+
+def _one_line(text: str) -> str:
+    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
+    return lines[0][:400] if lines else "unknown error"

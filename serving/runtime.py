@@ -1,0 +1,364 @@
+"""The model runtime: load, predict and unload one model version (no HTTP, no registry here).
+
+Two prediction paths:
+
+* **native** (scikit-learn flavor with a column signature of one numeric type): the request is
+  validated into a numpy array and handed straight to the scikit-learn estimator, skipping pyfunc's
+  per-request DataFrame. Feature names are stripped from shallow copies of the pipeline steps so
+  scikit-learn neither warns nor re-checks column names on a bare array (the order is guaranteed
+  by the validation). At load time the native path must reproduce pyfunc's predictions on the
+  model's input example bit for bit, or it is not used.
+* **pyfunc** for everything else (other flavors, mixed-type or tensor signatures, no signature).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mlops.model_io import LoadedModel, ModelLoadError, load_local, smoke_test
+from serving import inputs
+from serving.inputs import InputError, InputSpec, ParsedInput
+
+log = logging.getLogger("serving.runtime")
+
+_tls = threading.local()
+
+
+@dataclass
+class VersionMeta:
+    """What the registry said about a version (kept next to the cached files)."""
+
+    name: str
+    version: str
+    selector: str
+    stage: str | None = None
+    aliases: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    source: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    description: str | None = None
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name, "version": self.version, "selector": self.selector, "stage": self.stage,
+            "aliases": self.aliases, "run_id": self.run_id, "source": self.source, "metrics": self.metrics,
+            "description": self.description,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> VersionMeta:
+        return cls(**{k: d.get(k) for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class Prediction:
+    """The result of one request."""
+
+    labels: Any
+    proba: np.ndarray | None
+    classes: list | None
+    rows: int
+
+
+def preimport() -> None:
+    """Import what loading a model needs (MLflow pyfunc, scikit-learn, skops).
+
+    gunicorn calls this in the master (preloaded app) so forked workers share the imported code
+    and a worker's first load takes well under a second instead of several. Starts no thread.
+    """
+    import mlflow.pyfunc  # noqa: F401
+    import mlflow.pyfunc.scoring_server  # noqa: F401
+    import mlflow.sklearn  # noqa: F401
+    import pandas  # noqa: F401
+    import sklearn.pipeline  # noqa: F401
+
+    try:
+        import skops.io  # noqa: F401
+    except ImportError:  # models saved with pickle/cloudpickle do not need it
+        pass
+
+
+class NativePredictor:
+    """Calls a scikit-learn estimator or pipeline directly on a validated numpy array."""
+
+    def __init__(self, model: Any, assume_finite: bool):
+        steps = getattr(model, "steps", None)
+        if steps is not None:
+            self.transforms = [_strip(est) for _, est in steps[:-1] if est not in (None, "passthrough")]
+            self.final = _strip(steps[-1][1])
+        else:
+            self.transforms = []
+            self.final = _strip(model)
+        if self.final in (None, "passthrough") or not hasattr(self.final, "predict"):
+            raise TypeError("the model's last step cannot predict")
+        self.has_proba = hasattr(self.final, "predict_proba")
+        self.classes = _jsonable(getattr(self.final, "classes_", None))
+        # A signature where every column is required is validated finite, so scikit-learn's own
+        # NaN/inf scan is redundant; its config is thread-local, hence set per request thread.
+        self.assume_finite = assume_finite
+
+    def __call__(self, X: np.ndarray, with_proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.assume_finite:
+            if not getattr(_tls, "assume_finite", False):
+                import sklearn
+
+                sklearn.set_config(assume_finite=True)
+                _tls.assume_finite = True
+            return self._run(X, with_proba)
+        import sklearn
+
+        with sklearn.config_context(assume_finite=False):
+            return self._run(X, with_proba)
+
+    def _run(self, X: np.ndarray, with_proba: bool):
+        for t in self.transforms:
+            X = t.transform(X)
+        labels = self.final.predict(X)
+        proba = self.final.predict_proba(X) if with_proba and self.has_proba else None
+        return labels, proba
+
+
+class ModelRuntime:
+    """One loaded and smoke-tested model version."""
+
+    def __init__(self, loaded: LoadedModel, meta: VersionMeta, loaded_from: str):
+        self.loaded = loaded
+        self.meta = meta
+        self.name = meta.name
+        self.version = str(meta.version)
+        self.loaded_from = loaded_from
+        self.loaded_at = time.time()
+        self.spec = InputSpec.from_signature(loaded.signature)
+        self.native: NativePredictor | None = None
+        self.native_reason = "not a scikit-learn model"
+        self.classes: list | None = None
+        self.flavors = sorted(loaded.mlmodel.flavors)
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, path: Path, meta: VersionMeta, loaded_from: str = "registry") -> ModelRuntime:
+        """Load from a local folder and smoke-test; raise ModelLoadError (never half-loaded)."""
+        try:
+            loaded = load_local(Path(path))
+        except ModelLoadError as exc:
+            exc.phase = "load"
+            raise
+        try:
+            expected = smoke_test(loaded)
+            rt = cls(loaded, meta, loaded_from)
+            rt._setup_native(expected)
+            rt._smoke_own_paths()
+        except ModelLoadError as exc:
+            exc.phase = "smoke_test"
+            raise
+        return rt
+
+    def unload(self) -> None:
+        """Retire this version (the swap calls it on the version it replaced).
+
+        Nothing is torn down here: requests still running on this version hold their own reference
+        and finish on it; the objects are freed when the last of them returns.
+        """
+        self.retired_at = time.time()
+
+    # -- prediction -------------------------------------------------------------------------------
+
+    @property
+    def fast(self) -> bool:
+        return self.native is not None
+
+    def parse(self, body: bytes, kind: str) -> ParsedInput:
+        """Validate a request body (``kind`` = json|csv) for this model's signature."""
+        if self.spec is None:
+            return _parse_with_mlflow(body, kind, self.loaded)
+        return inputs.parse(body, kind, self.spec, build_frame=self.native is None)
+
+    def predict(self, parsed: ParsedInput, with_proba: bool = False) -> Prediction:
+        """Predict; InputError for inputs the model itself rejects."""
+        if self.native is not None and parsed.array is not None:
+            labels, proba = self.native(parsed.array, with_proba)
+            return Prediction(labels, proba, self.native.classes, parsed.rows)
+        return self._predict_pyfunc(parsed, with_proba)
+
+    def _predict_pyfunc(self, parsed: ParsedInput, with_proba: bool) -> Prediction:
+        from mlflow.exceptions import MlflowException
+
+        data = parsed.frame if parsed.frame is not None else parsed.array
+        params = parsed.params if (self.spec is None or self.spec.has_params) else None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                labels = self.loaded.pyfunc.predict(data, params=params) if params else self.loaded.pyfunc.predict(data)
+        except MlflowException as exc:
+            raise InputError("INVALID_INPUT", _first_line(exc.message)) from None
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InputError("INVALID_INPUT", f"the model rejected the input: {_first_line(str(exc))}") from None
+        proba = None
+        sk = self.loaded.sklearn_model
+        if with_proba and sk is not None and hasattr(sk, "predict_proba") and parsed.frame is not None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    proba = sk.predict_proba(parsed.frame)
+            except Exception:  # noqa: BLE001 - probabilities are optional
+                proba = None
+        return Prediction(labels, proba, self.classes, parsed.rows)
+
+    # -- native path set-up -----------------------------------------------------------------------
+
+    def _setup_native(self, expected: Any) -> None:
+        sk = self.loaded.sklearn_model
+        self.classes = _jsonable(getattr(sk, "classes_", None)) if sk is not None else None
+        if sk is None:
+            return
+        if self.spec is None or not self.spec.uniform:
+            self.native_reason = "signature is not one numeric type"
+            return
+        if self.spec.has_params:
+            self.native_reason = "signature has params"
+            return
+        try:
+            native = NativePredictor(sk, assume_finite=self.spec.all_required)
+            X = self._example_array()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                labels, proba = native(X, with_proba=True)
+                ref_proba = sk.predict_proba(self._example_frame()) if native.has_proba else None
+        except Exception as exc:  # noqa: BLE001 - any failure means: use pyfunc
+            self.native_reason = f"native call failed on the input example: {_first_line(str(exc))}"
+            log.warning("%s v%s: using the pyfunc path (%s)", self.name, self.version, self.native_reason)
+            return
+        noisy = [str(w.message) for w in caught if "feature names" in str(w.message)]
+        if noisy:
+            self.native_reason = f"native call warns: {noisy[0]}"
+        elif not _same(labels, np.asarray(expected)):
+            self.native_reason = "native predictions differ from pyfunc on the input example"
+        elif ref_proba is not None and not _same(proba, ref_proba):
+            self.native_reason = "native probabilities differ from scikit-learn's on the input example"
+        else:
+            self.native = native
+            self.native_reason = "ok"
+            return
+        log.warning("%s v%s: using the pyfunc path (%s)", self.name, self.version, self.native_reason)
+
+    def _example_frame(self):
+        import pandas as pd
+
+        ex = self.loaded.input_example
+        if isinstance(ex, pd.DataFrame):
+            return ex[list(self.spec.columns)]
+        return pd.DataFrame(ex, columns=list(self.spec.columns))
+
+    def _example_array(self) -> np.ndarray:
+        """The input example through the same request validation as a client's rows."""
+        frame = self._example_frame()
+        body = _orjson_dumps({"dataframe_split": {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}})
+        parsed = inputs.parse(body, "json", self.spec)
+        return parsed.array
+
+    def _smoke_own_paths(self) -> None:
+        """Run the serving path itself once (parse + predict), so a swap never brings surprises."""
+        if self.loaded.input_example is None or self.spec is None:
+            return
+        try:
+            frame = self._example_frame()
+            body = _orjson_dumps({"dataframe_split": {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}})
+            self.predict(self.parse(body, "json"), with_proba=True)
+        except InputError as exc:
+            raise ModelLoadError(f"the input example fails the serving path: {exc.message}") from None
+        except Exception as exc:  # noqa: BLE001
+            raise ModelLoadError(f"the input example fails the serving path: {_first_line(str(exc))}") from None
+
+    # -- description ------------------------------------------------------------------------------
+
+    def signature_dict(self) -> dict | None:
+        sig = self.loaded.signature if self.loaded is not None else None
+        if sig is None:
+            return None
+        d = sig.to_dict()
+        out = {}
+        for key in ("inputs", "outputs", "params"):
+            raw = d.get(key)
+            if raw:
+                try:
+                    import json
+
+                    out[key] = json.loads(raw)
+                except (TypeError, ValueError):
+                    out[key] = raw
+        return out
+
+
+def _parse_with_mlflow(body: bytes, kind: str, loaded: LoadedModel) -> ParsedInput:
+    """Models without a column signature: MLflow's own parser, errors as InputError."""
+    import io
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data, parse_csv_input
+
+    schema = loaded.signature.inputs if loaded.signature is not None else None
+    try:
+        if kind == "csv":
+            frame = parse_csv_input(io.StringIO(body.decode("utf-8")), schema=schema)
+            return ParsedInput(None, frame, None, len(frame), "csv")
+        fmt, data, params = inputs.split_payload(inputs.decode_json(body))
+        parsed = infer_and_parse_data({fmt: data}, schema)
+    except InputError:
+        raise
+    except MlflowException as exc:
+        raise InputError("INVALID_INPUT", _first_line(exc.message)) from None
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise InputError("INVALID_INPUT", _first_line(str(exc))) from None
+    try:
+        n = len(parsed)
+    except TypeError:
+        n = 1
+    if n == 0:
+        raise InputError("EMPTY_INPUT", f"{fmt} holds no rows")
+    return ParsedInput(None, parsed, params, n, fmt)
+
+
+def _strip(est: Any) -> Any:
+    """A shallow copy without ``feature_names_in_`` (the fitted arrays are shared, not copied)."""
+    if est is None or isinstance(est, str) or "feature_names_in_" not in getattr(est, "__dict__", {}):
+        return est
+    clone = copy.copy(est)
+    del clone.feature_names_in_
+    return clone
+
+
+def _same(a: Any, b: Any) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    if a.dtype.kind == "f":
+        return bool(np.array_equal(a.view(np.uint8 if a.itemsize == 1 else f"u{a.itemsize}"),
+                                   b.view(np.uint8 if b.itemsize == 1 else f"u{b.itemsize}")))
+    return bool(np.array_equal(a, b))
+
+
+def _jsonable(classes: Any) -> list | None:
+    if classes is None:
+        return None
+    return np.asarray(classes).tolist()
+
+
+def _orjson_dumps(obj: Any) -> bytes:
+    import orjson
+
+    return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def _first_line(text: str) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0][:500] if lines else "error"

@@ -1,0 +1,142 @@
+"""The serving service's settings: one typed object, read from the environment once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mlops import config
+
+DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+MAX_DEFAULT_WORKERS = 8
+
+
+class SettingsError(ValueError):
+    """An environment variable has a value the service cannot use (one readable line)."""
+
+
+def default_workers() -> int:
+    """2 x cores + 1, at most 8 (each worker holds its own copy of the model)."""
+    return max(1, min(2 * (os.cpu_count() or 1) + 1, MAX_DEFAULT_WORKERS))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment (names as in the interface contract)."""
+
+    tracking_uri: str
+    model_name: str = config.DEFAULT_MODEL_NAME
+    model_stage: str | None = "Production"
+    model_alias: str | None = None
+    host: str = "127.0.0.1"
+    port: int = 5000
+    workers: int = field(default_factory=default_workers)
+    poll_interval_s: float = 1.0
+    model_cache_dir: Path = Path("models")
+    log_dir: Path = Path("logs")
+    admin_token: str | None = field(default=None, repr=False)
+    api_token: str | None = field(default=None, repr=False)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    log_level: str = "INFO"
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 5
+    registry_timeout_s: float = 5.0
+    retry_failed_after_s: float = 60.0
+
+    @property
+    def selector(self) -> str:
+        """``stage:Production`` or ``alias:champion``: what this service follows."""
+        return f"alias:{self.model_alias}" if self.model_alias else f"stage:{self.model_stage}"
+
+    @property
+    def selector_label(self) -> str:
+        """Human form of the selector: ``Production`` or ``@champion``."""
+        return f"@{self.model_alias}" if self.model_alias else str(self.model_stage)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and check every variable; raise SettingsError naming the first bad one."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value is not None and value.strip() != "" else None
+
+        def number(name: str, kind, default, low=None, high=None):
+            raw = get(name)
+            if raw is None:
+                return default
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise SettingsError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+            if (low is not None and value < low) or (high is not None and value > high):
+                bounds = f"between {low} and {high}" if high is not None else f">= {low}"
+                raise SettingsError(f"{name} must be {bounds}, got {raw}")
+            return value
+
+        stage, alias = get("MODEL_STAGE"), get("MODEL_ALIAS")
+        if stage and alias:
+            raise SettingsError("set only one of MODEL_STAGE or MODEL_ALIAS (got both)")
+        if alias is None:
+            stage = _normalize_stage(stage or "Production")
+        home = config.project_home()
+        level = (get("LOG_LEVEL") or "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise SettingsError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level}")
+        return cls(
+            tracking_uri=config.tracking_uri(get("MLFLOW_TRACKING_URI")),
+            model_name=get("MODEL_NAME") or config.DEFAULT_MODEL_NAME,
+            model_stage=None if alias else stage,
+            model_alias=alias,
+            host=get("HOST") or "127.0.0.1",
+            port=number("PORT", int, 5000, 1, 65535),
+            workers=number("WORKERS", int, default_workers(), 1, 64),
+            poll_interval_s=number("POLL_INTERVAL_S", float, 1.0, 0.05, 3600),
+            model_cache_dir=_path(get("MODEL_CACHE_DIR"), home / "models"),
+            log_dir=_path(get("LOG_DIR"), home / "logs"),
+            admin_token=get("ADMIN_TOKEN"),
+            api_token=get("API_TOKEN"),
+            max_body_bytes=number("MAX_BODY_BYTES", int, DEFAULT_MAX_BODY_BYTES, 1024),
+            log_level=level,
+            log_max_bytes=number("LOG_MAX_BYTES", int, 10 * 1024 * 1024, 1024),
+            log_backups=number("LOG_BACKUPS", int, 5, 0, 1000),
+            registry_timeout_s=number("REGISTRY_TIMEOUT_S", float, 5.0, 0.1, 600),
+            retry_failed_after_s=number("RETRY_FAILED_AFTER_S", float, 60.0, 0, 86400),
+        )
+
+    def public(self) -> dict:
+        """The settings without secrets (for /api/model/info and startup logs)."""
+        return {
+            "tracking_uri": _redact_uri(self.tracking_uri),
+            "model_name": self.model_name,
+            "selector": self.selector,
+            "poll_interval_s": self.poll_interval_s,
+            "model_cache_dir": str(self.model_cache_dir),
+            "log_dir": str(self.log_dir),
+            "max_body_bytes": self.max_body_bytes,
+            "api_token_required": bool(self.api_token),
+            "admin_token_configured": bool(self.admin_token),
+        }
+
+
+def _normalize_stage(stage: str) -> str:
+    for known in ("Production", "Staging", "Archived", "None"):
+        if stage.lower() == known.lower():
+            return known
+    raise SettingsError(f"MODEL_STAGE must be Production, Staging, Archived or None, got {stage!r}")
+
+
+def _path(value: str | None, default: Path) -> Path:
+    return Path(value).expanduser().resolve() if value else default
+
+
+def _redact_uri(uri: str) -> str:
+    """Drop a password from ``scheme://user:password@host`` URIs."""
+    if "://" in uri and "@" in uri.split("://", 1)[1].split("/", 1)[0]:
+        scheme, rest = uri.split("://", 1)
+        creds, host = rest.split("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
+    return uri

@@ -1,0 +1,14 @@
+"""WSGI entry point for gunicorn: ``gunicorn -c serving/gunicorn.conf.py serving.wsgi:app``.
+
+Building the app reads the settings from the environment and sets up logging; it starts no thread
+and does not touch the registry (gunicorn loads this module in the master before forking).
+"""
+
+from __future__ import annotations
+
+from serving.app import create_app
+from serving.runtime import preimport
+from serving.settings import Settings
+
+app = create_app(Settings.from_env())
+preimport()
