@@ -20,14 +20,16 @@ TRACKING_HELP = "Tracking server or store URI (default: $MLFLOW_TRACKING_URI, el
 
 
 def tracking_option(f):
-    """Add ``--tracking-uri`` and export it so MLflow's own calls use the same store."""
+    """Add ``--tracking-uri`` and export it so MLflow's own calls use the same store.
+
+    The store itself is created on first use (``registry.get_client``), not here.
+    """
 
     @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help=TRACKING_HELP)
     @functools.wraps(f)
     def wrapper(*args, tracking_uri=None, **kwargs):
         uri = config.tracking_uri(tracking_uri)
         os.environ["MLFLOW_TRACKING_URI"] = uri
-        config.ensure_store(uri)
         return f(*args, tracking_uri=uri, **kwargs)
 
     return wrapper
