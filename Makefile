@@ -13,8 +13,10 @@ MODEL_NAME ?= breast-cancer-classifier
 UI_PORT    ?= 5001
 PORT       ?= 5000
 PYTEST_ARGS ?=
+PIP_VERSION        := 26.3
+SETUPTOOLS_VERSION := 84.2.1
 
-.PHONY: help install run stop train ui serve status test test-fast lint bench bench-backup drill audit weekly monthly clean
+.PHONY: help install audit weekly monthly run stop train ui serve status test test-fast lint bench bench-backup drill audit weekly monthly clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -22,7 +24,7 @@ help: ## list the targets
 $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing the pinned dependencies (a few minutes the first time)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==$(PIP_VERSION) setuptools==$(SETUPTOOLS_VERSION) 2>&1 | grep -v "^WARNING: Location" || true
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
 	@$(BIN)/python -c "import mlflow, sklearn, serving, training, mlops" && touch $(STAMP)
 
@@ -67,3 +69,12 @@ bench: $(STAMP) ## serving benchmark: ratios vs `mlflow models serve` and the ba
 
 bench-backup: $(STAMP) ## backup/restore benchmark (10 models x 20 versions)
 	@$(BIN)/python scripts/bench_backup.py
+
+audit: $(STAMP) ## known-vulnerable installed dependencies (pip-audit + security/advisories.json)
+	@$(BIN)/python scripts/audit.py
+
+weekly: $(STAMP) ## weekly checks: ERROR lines in the logs, disk use, backups present and verified
+	@scripts/maintenance.sh weekly
+
+monthly: $(STAMP) ## monthly checks: outdated dependencies, vulnerability audit, resource use
+	@scripts/maintenance.sh monthly
