@@ -65,6 +65,17 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         # compare_digest runs in time independent of where the tokens differ
         return hmac.compare_digest(token.strip().encode(), expected) and scheme.lower() == "bearer"
 
+    def read_body() -> bytes:
+        """The request body, at most MAX_BODY_BYTES (chunked bodies included); 413 above."""
+        if request.content_length is not None:
+            return request.get_data(cache=False)  # the length was checked in _begin
+        stream = request.environ.get("wsgi.input")
+        data = stream.read(settings.max_body_bytes + 1) if stream is not None else b""
+        if len(data) > settings.max_body_bytes:
+            raise InputError("PAYLOAD_TOO_LARGE",
+                             f"request body is larger than the limit (MAX_BODY_BYTES = {settings.max_body_bytes})", 413)
+        return data
+
     # -- request bookkeeping ----------------------------------------------------------------------
 
     @app.before_request
@@ -122,7 +133,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         if runtime is None:
             return error("MODEL_NOT_READY", "no model loaded yet; see /health", 503, {"Retry-After": "1"})
         kind = inputs.media_type(request.headers.get("Content-Type"))
-        parsed = runtime.parse(request.get_data(cache=False), kind)
+        parsed = runtime.parse(read_body(), kind)
         result = runtime.predict(parsed, with_proba=with_meta)
         version = runtime.version
         payload = {"predictions": _labels(result.labels)}

@@ -177,7 +177,7 @@ class ModelManager:
 
     def _registry_failed(self, error: str) -> None:
         self.metrics.registry_failures.inc()
-        self.metrics.registry_up.set(0)
+        self.metrics.registry_up.labels(self.settings.model_name).set(0)
         if self.registry_reachable is not False:
             log.warning("registry unreachable (%s); serving continues with %s", error,
                         f"v{self.current.version}" if self.current else "no model yet")
@@ -187,7 +187,7 @@ class ModelManager:
     def _registry_ok(self, version: str | None, note: str | None) -> None:
         if self.registry_reachable is False:
             log.info("registry reachable again")
-        self.metrics.registry_up.set(1)
+        self.metrics.registry_up.labels(self.settings.model_name).set(1)
         self.registry_reachable = True
         self.registry_version = str(version) if version is not None else None
         self.registry_note = note

@@ -56,7 +56,9 @@ class Metrics:
         self.registry_checks = Counter("serving_registry_checks", n["serving_registry_checks_total"], registry=r)
         self.registry_failures = Counter("serving_registry_check_failures",
                                          n["serving_registry_check_failures_total"], registry=r)
-        self.registry_up = Gauge("serving_registry_up", n["serving_registry_up"],
+        # Labelled, so that no value exists until a worker sets one: the master (which builds
+        # the app before forking) would otherwise hold a 0 that "livemin" reports forever.
+        self.registry_up = Gauge("serving_registry_up", n["serving_registry_up"], ["model_name"],
                                  multiprocess_mode="livemin", registry=r)
         self._children: dict = {}
 

@@ -22,7 +22,7 @@ def default_workers() -> int:
     return max(1, min(2 * (os.cpu_count() or 1) + 1, MAX_DEFAULT_WORKERS))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Settings:
     """Everything the service reads from its environment (names as in the interface contract)."""
 
@@ -106,6 +106,9 @@ class Settings:
             registry_timeout_s=number("REGISTRY_TIMEOUT_S", float, 5.0, 0.1, 600),
             retry_failed_after_s=number("RETRY_FAILED_AFTER_S", float, 60.0, 0, 86400),
         )
+
+    def __repr__(self) -> str:
+        return f"Settings({self.public()})"
 
     def public(self) -> dict:
         """The settings without secrets (for /api/model/info and startup logs)."""

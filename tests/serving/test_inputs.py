@@ -1,0 +1,218 @@
+"""Request parsing and validation against a signature, and the service settings (no server)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, Schema
+
+from serving import inputs
+from serving.inputs import InputError, InputSpec
+from serving.settings import Settings, SettingsError
+
+COLS = ["mean radius", "mean texture", "worst area"]
+ROWS = [[17.99, 10.38, 2019.0], [20.57, 17.77, 1956.0], [11.42, 20.38, 567.7]]
+
+
+def spec(types=("double",) * 3, required=(True,) * 3, params=None) -> InputSpec:
+    schema = Schema([ColSpec(t, c, required=r) for t, c, r in zip(types, COLS, required, strict=True)])
+    return InputSpec.from_signature(ModelSignature(inputs=schema, params=params))
+
+
+def body(obj) -> bytes:
+    return json.dumps(obj).encode()
+
+
+def all_formats(rows=ROWS, cols=COLS) -> dict[str, tuple[bytes, str]]:
+    records = [dict(zip(cols, r, strict=True)) for r in rows]
+    csv = ",".join(cols) + "\n" + "\n".join(",".join(repr(v) for v in r) for r in rows) + "\n"
+    return {
+        "dataframe_split": (body({"dataframe_split": {"columns": cols, "data": rows}}), "json"),
+        "dataframe_records": (body({"dataframe_records": records}), "json"),
+        "instances": (body({"instances": records}), "json"),
+        "instances-rows": (body({"instances": rows}), "json"),
+        "inputs": (body({"inputs": {c: [r[i] for r in rows] for i, c in enumerate(cols)}}), "json"),
+        "inputs-records": (body({"inputs": records}), "json"),
+        "csv": (csv.encode(), "csv"),
+    }
+
+
+def test_every_format_gives_the_same_column_major_array():
+    s = spec()
+    expected = np.array(ROWS, dtype=np.float64)
+    for name, (b, kind) in all_formats().items():
+        parsed = inputs.parse(b, kind, s)
+        assert parsed.array is not None, name
+        assert parsed.array.flags.f_contiguous, name
+        assert parsed.array.dtype == np.float64
+        np.testing.assert_array_equal(parsed.array, expected, err_msg=name)
+        assert parsed.rows == 3
+
+
+def test_columns_in_another_order_are_reordered():
+    s = spec()
+    b = body({"dataframe_split": {"columns": COLS[::-1], "data": [r[::-1] for r in ROWS]}})
+    np.testing.assert_array_equal(inputs.parse(b, "json", s).array, np.array(ROWS))
+
+
+def test_integers_are_accepted_for_double_columns_and_params_are_kept():
+    s = spec()
+    b = body({"dataframe_split": {"columns": COLS, "data": [[1, 2, 3]]}, "params": {"a": 1}})
+    parsed = inputs.parse(b, "json", s)
+    assert parsed.array.tolist() == [[1.0, 2.0, 3.0]]
+    assert parsed.params == {"a": 1}
+
+
+def test_frame_for_the_pyfunc_path():
+    parsed = inputs.parse(all_formats()["dataframe_records"][0], "json", spec(), build_frame=True)
+    assert parsed.array is None
+    assert list(parsed.frame.columns) == COLS
+    assert parsed.frame.to_numpy().tolist() == ROWS
+
+
+def one_row(values):
+    return body({"dataframe_split": {"columns": COLS, "data": [values]}})
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind", "code", "status"),
+    [
+        (b"{not json", "json", "MALFORMED_JSON", 400),
+        (b"", "json", "EMPTY_INPUT", 400),
+        (b"[1, 2]", "json", "INVALID_INPUT_FORMAT", 400),
+        (body({"rows": ROWS}), "json", "INVALID_INPUT_FORMAT", 400),
+        (body({"dataframe_split": {"columns": COLS, "data": ROWS}, "instances": ROWS}), "json", "INVALID_INPUT_FORMAT", 400),
+        (body({"dataframe_split": {"columns": COLS, "data": ROWS}, "extra": 1}), "json", "INVALID_INPUT_FORMAT", 400),
+        (body({"dataframe_split": {"columns": COLS, "data": ROWS}, "params": [1]}), "json", "INVALID_PARAMS", 400),
+        (body({"dataframe_split": {"columns": COLS, "data": []}}), "json", "EMPTY_INPUT", 400),
+        (body({"dataframe_records": []}), "json", "EMPTY_INPUT", 400),
+        (body({"dataframe_split": {"data": ROWS}}), "json", "MISSING_COLUMNS", 400),
+        (body({"dataframe_split": {"columns": COLS[:2], "data": [r[:2] for r in ROWS]}}), "json", "MISSING_COLUMNS", 400),
+        (body({"dataframe_split": {"columns": [*COLS, "x"], "data": [[*r, 1.0] for r in ROWS]}}), "json", "UNKNOWN_COLUMNS", 400),
+        (body({"dataframe_split": {"columns": [COLS[0], COLS[0], COLS[1]], "data": ROWS}}), "json", "DUPLICATE_COLUMNS", 400),
+        (body({"dataframe_split": {"columns": COLS, "data": [[1.0, 2.0]]}}), "json", "INVALID_INPUT_FORMAT", 400),
+        (body({"dataframe_split": {"columns": COLS, "data": [5]}}), "json", "INVALID_INPUT_FORMAT", 400),
+        (one_row([1.0, "big", 3.0]), "json", "INVALID_VALUE_TYPE", 400),
+        (one_row([1.0, True, 3.0]), "json", "INVALID_VALUE_TYPE", 400),
+        (one_row([1.0, [2.0], 3.0]), "json", "INVALID_VALUE_TYPE", 400),
+        (one_row([1.0, None, 3.0]), "json", "MISSING_VALUE", 400),
+        (b'{"dataframe_split": {"columns": ["mean radius", "mean texture", "worst area"], "data": [[1.0, NaN, 3.0]]}}', "json", "MISSING_VALUE", 400),
+        (b'{"dataframe_split": {"columns": ["mean radius", "mean texture", "worst area"], "data": [[1.0, Infinity, 3.0]]}}', "json", "INVALID_VALUE", 400),
+        (one_row([1.0, 10**400, 3.0]), "json", "INVALID_VALUE", 400),
+        (body({"dataframe_records": [{"mean radius": 1.0, "mean texture": 2.0}]}), "json", "MISSING_COLUMNS", 400),
+        (body({"dataframe_records": [{**dict(zip(COLS, ROWS[0], strict=True)), "zzz": 1}]}), "json", "UNKNOWN_COLUMNS", 400),
+        (body({"dataframe_records": [1, 2]}), "json", "INVALID_INPUT_FORMAT", 400),
+        (body({"instances": "text"}), "json", "INVALID_INPUT_FORMAT", 400),
+        (body({"inputs": {"mean radius": [1.0], "mean texture": [1.0, 2.0], "worst area": [1.0]}}), "json", "INVALID_INPUT_FORMAT", 400),
+        (b"mean radius,mean texture,worst area\n1.0,abc,3.0\n", "csv", "INVALID_VALUE_TYPE", 400),
+        (b"mean radius,mean texture,worst area\n1.0,,3.0\n", "csv", "MISSING_VALUE", 400),
+        (b"mean radius,mean texture\n1.0,2.0\n", "csv", "MISSING_COLUMNS", 400),
+        (b"mean radius,mean texture,worst area,x\n1.0,2.0,3.0,4\n", "csv", "UNKNOWN_COLUMNS", 400),
+        (b"mean radius,mean texture,worst area\n", "csv", "EMPTY_INPUT", 400),
+        (b"   \n", "csv", "EMPTY_INPUT", 400),
+        (b"mean radius,mean texture,worst area\n\xff\xfe,1,2\n", "csv", "MALFORMED_CSV", 400),
+    ],
+)
+def test_bad_input_is_a_named_4xx(payload, kind, code, status):
+    with pytest.raises(InputError) as info:
+        inputs.parse(payload, kind, spec())
+    assert (info.value.code, info.value.status) == (code, status), info.value.message
+    assert info.value.message
+
+
+def test_messages_name_the_problem():
+    with pytest.raises(InputError, match="'worst area'"):
+        inputs.parse(body({"dataframe_split": {"columns": COLS[:2], "data": [[1.0, 2.0]]}}), "json", spec())
+    with pytest.raises(InputError, match=r"row 0, column 'mean texture'.*string"):
+        inputs.parse(one_row([1.0, "x", 2.0]), "json", spec())
+
+
+def test_optional_columns_accept_missing_values():
+    s = spec(required=(True, False, True))
+    parsed = inputs.parse(one_row([1.0, None, 3.0]), "json", s)
+    assert np.isnan(parsed.array[0, 1])
+    records = body({"dataframe_records": [{"mean radius": 1.0, "worst area": 2.0}]})
+    assert np.isnan(inputs.parse(records, "json", s).array[0, 1])
+    with pytest.raises(InputError, match="MISSING|missing"):
+        inputs.parse(one_row([None, 1.0, 3.0]), "json", s)
+
+
+def test_integer_signature():
+    s = spec(types=("long",) * 3)
+    assert inputs.parse(one_row([1, 2, 3]), "json", s).array.dtype == np.int64
+    with pytest.raises(InputError) as info:
+        inputs.parse(one_row([1, 2.5, 3]), "json", s)
+    assert info.value.code == "INVALID_VALUE_TYPE"
+
+
+def test_mixed_types_take_the_frame_path():
+    s = spec(types=("double", "string", "long"))
+    assert not s.uniform
+    parsed = inputs.parse(one_row([1.0, "a", 3]), "json", s)
+    assert parsed.array is None and parsed.frame.iloc[0].tolist() == [1.0, "a", 3]
+    with pytest.raises(InputError):
+        inputs.parse(one_row([1.0, 2.0, 3]), "json", s)
+
+
+@pytest.mark.parametrize(
+    ("ctype", "expected"),
+    [("application/json", "json"), ("application/json; charset=utf-8", "json"), ("text/csv", "csv"),
+     ("APPLICATION/JSON", "json")],
+)
+def test_media_types(ctype, expected):
+    assert inputs.media_type(ctype) == expected
+
+
+@pytest.mark.parametrize("ctype", [None, "", "text/plain", "application/x-www-form-urlencoded",
+                                   "application/json; charset=latin-1", "application/json; format=pandas-split"])
+def test_other_media_types_are_415(ctype):
+    with pytest.raises(InputError) as info:
+        inputs.media_type(ctype)
+    assert info.value.status == 415
+
+
+def test_tensor_signatures_are_left_to_mlflow():
+    from mlflow.types.schema import TensorSpec
+
+    sig = ModelSignature(inputs=Schema([TensorSpec(np.dtype("float64"), (-1, 3))]))
+    assert InputSpec.from_signature(sig) is None
+    assert InputSpec.from_signature(None) is None
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+def test_settings_defaults():
+    s = Settings.from_env({"MLFLOW_TRACKING_URI": "sqlite:///x.db"})
+    assert (s.model_name, s.model_stage, s.model_alias) == ("breast-cancer-classifier", "Production", None)
+    assert (s.host, s.port) == ("127.0.0.1", 5000)
+    assert s.poll_interval_s <= 1
+    assert 1 <= s.workers <= 8
+    assert s.selector == "stage:Production"
+    assert s.model_cache_dir.name == "models" and s.log_dir.name == "logs"
+
+
+def test_settings_alias_and_errors():
+    s = Settings.from_env({"MODEL_ALIAS": "champion", "MODEL_STAGE": ""})
+    assert (s.model_stage, s.model_alias, s.selector) == (None, "champion", "alias:champion")
+    assert Settings.from_env({"MODEL_STAGE": "staging"}).model_stage == "Staging"
+    for env, word in [
+        ({"MODEL_STAGE": "Production", "MODEL_ALIAS": "champion"}, "only one"),
+        ({"MODEL_STAGE": "Prod"}, "MODEL_STAGE"),
+        ({"PORT": "http"}, "PORT"),
+        ({"PORT": "70000"}, "PORT"),
+        ({"WORKERS": "0"}, "WORKERS"),
+        ({"POLL_INTERVAL_S": "-1"}, "POLL_INTERVAL_S"),
+        ({"MAX_BODY_BYTES": "ten"}, "MAX_BODY_BYTES"),
+    ]:
+        with pytest.raises(SettingsError, match=word):
+            Settings.from_env(env)
+
+
+def test_settings_never_show_tokens():
+    s = Settings.from_env({"ADMIN_TOKEN": "s3cret-admin", "API_TOKEN": "s3cret-api",
+                           "MLFLOW_TRACKING_URI": "postgresql://u:pw@db/mlflow"})
+    text = repr(s) + json.dumps(s.public())
+    assert "s3cret" not in text and ":pw@" not in text
