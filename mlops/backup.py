@@ -9,9 +9,11 @@ model a version points at. Sources that are neither (a plain path) go under ``so
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -207,7 +209,6 @@ def _export_logged_model(client: MlflowClient, model_id: str, dest: Path) -> dic
 
 
 def _export_source(client: MlflowClient, source: str, dest: Path) -> dict:
-    mlflow.set_tracking_uri(client.tracking_uri)
     dest.mkdir(parents=True, exist_ok=True)
     mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest / "artifacts"))
     record = {"source": source}
@@ -246,6 +247,26 @@ def _model_record(rm, versions: list, max_used: int, exact: bool) -> dict:
     }
 
 
+@contextlib.contextmanager
+def tracking_uri_set(uri: str):
+    """Point MLflow's global tracking URI at ``uri`` for the block, then put everything back.
+
+    Some registry calls resolve ``models:/m-…`` through the global URI rather than the client's.
+    """
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    previous, env = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        tracking_utils._tracking_uri = previous
+        if env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = env
+
+
 def backup(
     client: MlflowClient,
     out: Path | None = None,
@@ -260,6 +281,11 @@ def backup(
     ``backend_store_uri`` (a SQL URI) lets a backup taken through a tracking server also record
     deleted version numbers above the highest live one; on a direct SQL store it is read itself.
     """
+    with tracking_uri_set(client.tracking_uri):
+        return _backup(client, out, models, backend_store_uri, workers, on_progress)
+
+
+def _backup(client, out, models, backend_store_uri, workers, on_progress) -> BackupResult:
     out = Path(out) if out else default_path()
     if out.exists() and out.is_dir():
         raise BackupError(f"--out is a directory: {out}")

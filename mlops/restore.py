@@ -8,9 +8,10 @@ versions that are deleted again) → aliases → runs that were deleted in the s
 Idempotent: a restored run carries ``mlops.restore.source_run_id`` (and ``mlops.restore.partial``
 until it is complete), a restored logged model ``mlops.restore.source_model_id`` (READY once its
 files are uploaded), and a registered model ``mlops.restore.in_progress`` until its versions,
-stages and aliases are all in place. Re-running the same restore reuses complete runs and logged
-models, discards partial ones, and rebuilds a half-restored registered model from scratch (the
-only way to reproduce its version counter exactly).
+stages and aliases are all in place, then ``mlops.restore.backup_id``. Re-running the same
+restore skips models already restored from this archive, reuses complete runs and logged models,
+discards partial ones, and rebuilds a half-restored registered model from scratch (the only way to
+reproduce its version counter exactly). Comparisons should ignore the ``mlops.restore.*`` tags.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from mlflow.entities import (
 from mlflow.exceptions import MlflowException
 
 from mlops import archive, config, registry
+from mlops.backup import tracking_uri_set
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,8 @@ PROV_RUN = "mlops.restore.source_run_id"
 PROV_MODEL = "mlops.restore.source_model_id"
 PARTIAL_TAG = "mlops.restore.partial"
 IN_PROGRESS_TAG = "mlops.restore.in_progress"
+DONE_TAG = "mlops.restore.backup_id"
+MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # written by the tracking server on create_model_version
 RESTORE_TAG_PREFIX = "mlops.restore."
 MAX_METRICS, MAX_PARAMS, MAX_TAGS, MAX_ENTITIES = 1000, 100, 100, 1000
 TERMINAL = ("FINISHED", "FAILED", "KILLED")
@@ -66,6 +70,7 @@ class RestoreResult:
 
     models: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    already: list[str] = field(default_factory=list)
     versions: int = 0
     placeholders: int = 0
     runs_created: int = 0
@@ -250,12 +255,13 @@ class _Restorer:
                              runs_by_input: dict[str, list[str]]) -> str:
         c = self.client
         exp_id = self.exp_map[rec["experiment_id"]]
-        tags = {k: v for k, v in rec["tags"].items() if not k.startswith(RESTORE_TAG_PREFIX)}
+        tags = {k: v for k, v in rec["tags"].items()
+                if not k.startswith(RESTORE_TAG_PREFIX) and k != MODEL_VERSIONS_TAG}
         tags[PROV_MODEL] = rec["model_id"]
         source_run = self.run_map.get(rec.get("source_run_id") or "")
         lm = c.create_logged_model(
             exp_id, name=rec["name"], source_run_id=source_run, tags=tags,
-            params=rec["params"] or None, model_type=rec.get("model_type"),
+            params=rec["params"] or None, model_type=rec.get("model_type") or None,
         )
         self.upload(lm.artifact_location, self.folder / "logged_models" / rec["model_id"] / "artifacts")
         by_run: dict[str, list] = {}
@@ -278,6 +284,16 @@ class _Restorer:
         status = rec.get("status") if rec.get("status") in ("READY", "FAILED") else "READY"
         c.finalize_logged_model(lm.model_id, status)
         return lm.model_id
+
+    def fix_model_versions_tag(self, rec: dict, model_id: str) -> None:
+        want = rec["tags"].get(MODEL_VERSIONS_TAG)
+        have = (self.client.get_logged_model(model_id).tags or {}).get(MODEL_VERSIONS_TAG)
+        if want == have:
+            return
+        if want is None:
+            self.client.delete_logged_model_tag(model_id, MODEL_VERSIONS_TAG)
+        else:
+            self.client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: want})
 
     def restore_source(self, key: str, version: dict, exp_src_id: str | None) -> str:
         """A version whose source was a plain path becomes a logged model with the same files."""
@@ -309,8 +325,9 @@ class _Restorer:
         if resume:
             log.info("%s: finishing an interrupted restore (rebuilding the registered model)", name)
             c.delete_registered_model(name)
+        tags = {k: v for k, v in m["tags"].items() if not k.startswith(RESTORE_TAG_PREFIX)}
         c.create_registered_model(
-            name, tags={**m["tags"], IN_PROGRESS_TAG: self.backup_id}, description=m["description"] or None
+            name, tags={**tags, IN_PROGRESS_TAG: self.backup_id}, description=m["description"] or None
         )
         versions = {int(v["version"]): v for v in m["versions"]}
         numbers = sorted(versions)
@@ -347,6 +364,7 @@ class _Restorer:
             c.set_registered_model_alias(name, alias, str(ver))
         if placeholder_lm:
             c.delete_logged_model(placeholder_lm)
+        c.set_registered_model_tag(name, DONE_TAG, self.backup_id)
         c.delete_registered_model_tag(name, IN_PROGRESS_TAG)
         return placeholders
 
@@ -361,14 +379,19 @@ class _Restorer:
 
 
 def _target_state(client: MlflowClient, name: str, backup_id: str) -> str:
-    """'new', 'resume' (half-restored from this archive) or 'exists'."""
+    """'new', 'resume' (half-restored from this archive), 'done' (restored from it) or 'exists'."""
     try:
         rm = client.get_registered_model(name)
     except MlflowException as exc:
         if _not_found(exc):
             return "new"
         raise RestoreError(f"cannot read registered model '{name}' in the target: {_msg(exc)}") from None
-    return "resume" if (rm.tags or {}).get(IN_PROGRESS_TAG) == backup_id else "exists"
+    tags = rm.tags or {}
+    if tags.get(IN_PROGRESS_TAG) == backup_id:
+        return "resume"
+    if tags.get(DONE_TAG) == backup_id:
+        return "done"
+    return "exists"
 
 
 def restore(
@@ -390,7 +413,8 @@ def restore(
         raise RestoreError(f"--if-exists must be fail or skip, not {if_exists!r}")
     folder, manifest = archive.extract_archive(Path(archive_path))
     try:
-        return _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_progress)
+        with tracking_uri_set(client.tracking_uri):
+            return _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_progress)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -419,8 +443,9 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
             f"already in the target registry: {', '.join(clash)} (use --if-exists skip, or restore into an "
             "empty server); nothing was changed"
         )
-    selected = [by_name[n] for n in wanted if states[n] != "exists"]
+    selected = [by_name[n] for n in wanted if states[n] in ("new", "resume")]
     result.skipped = clash
+    result.already = [n for n in wanted if states[n] == "done"]
 
     r = _Restorer(client, folder, reg, backup_id, workers, on_progress)
     try:
@@ -525,6 +550,14 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
                 result.versions += len(by_name[name]["versions"])
                 result.placeholders += out
 
+        # A tracking server appends every version it creates (placeholders too) to the logged
+        # model's mlflow.modelVersions tag: put the tag back to what the source had.
+        for mid, new_id in sorted(r.lm_map.items()):
+            try:
+                r.fix_model_versions_tag(lm_recs[mid], new_id)
+            except MlflowException as exc:
+                r.failures.append(f"logged model {mid}: cannot reset {MODEL_VERSIONS_TAG}: {_msg(exc)}")
+
         # Runs deleted in the source are deleted again once everything refers to them.
         for rid in sorted(run_ids):
             if rid in r.run_map and r.run_record(rid).get("lifecycle_stage") == "deleted":
@@ -599,6 +632,8 @@ def _parallel(r: _Restorer, keys: list, fn, label: str, tick: bool = True):
 def _plan(r, result, selected, states, clash, exp_ids, run_ids, lm_ids, source_keys) -> None:
     for name in clash:
         result.plan.append(f"skip model '{name}': already in the target registry")
+    for name in result.already:
+        result.plan.append(f"skip model '{name}': already restored from this archive")
     r.ensure_experiments(exp_ids, dry=result.plan)
     for m in selected:
         versions = sorted(m["versions"], key=lambda v: int(v["version"]))

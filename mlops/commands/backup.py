@@ -143,6 +143,8 @@ def restore(archive: Path, models: str | None, dry_run: bool, if_exists: str, wo
         return
     for name in res.skipped:
         click.echo(f"skipped {name}: already in the target registry")
+    for name in res.already:
+        click.echo(f"skipped {name}: already restored from this archive")
     click.echo(
         f"restored into {tracking_uri}: {len(res.models)} models, {res.versions} versions "
         f"({res.placeholders} deleted numbers reproduced), runs {res.runs_created} created / "

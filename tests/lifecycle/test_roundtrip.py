@@ -1,0 +1,173 @@
+"""Backup → restore into an empty registry reproduces everything, field by field."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from mlops import archive as archive_mod
+from mlops import registry
+from mlops import restore as restore_mod
+from tests.helpers import start_mlflow_server
+from tests.lifecycle import registry_data
+from tests.lifecycle.conftest import mlops
+from tests.lifecycle.registry_data import NAME, OTHER
+
+pytestmark = pytest.mark.slow
+
+
+def _registry_json(path: Path) -> dict:
+    with tarfile.open(path, "r:gz") as tar:
+        return json.load(tar.extractfile("registry.json"))
+
+
+def _assert_same(source: dict, restored: dict) -> None:
+    problems = registry_data.diff(source, restored)
+    assert not problems, "restored registry differs:\n" + "\n".join(problems[:30])
+
+
+def _counts(uri: str) -> tuple[int, int]:
+    client = MlflowClient(tracking_uri=uri)
+    exps = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(exps, max_results=1000)
+    lms = client.search_logged_models(exps, max_results=100)
+    return len(runs), len(lms)
+
+
+def test_fixture_has_what_the_round_trip_must_show(source_registry):
+    snap = source_registry["snapshot"]
+    live = [n for n, v in snap["versions"].items() if v]
+    assert len(live) >= 12 and snap["counter"] == registry_data.MAX_VERSION
+    assert [n for n, v in snap["versions"].items() if v is None][:5] == list(registry_data.DELETED)
+    assert {v["stage"] for v in snap["versions"].values() if v} == {"None", "Staging", "Production", "Archived"}
+    assert snap["aliases"] == {"production": "12", "staging": "11", "challenger": "13"}
+    assert {v["run"]["experiment"] for v in snap["versions"].values() if v} == {"lc-exp-a", "lc-exp-b"}
+    assert {v["source_kind"] for v in snap["versions"].values() if v} == {"logged_model", "run"}
+    assert registry.HISTORY_TAG in snap["tags"]
+
+
+def test_backup_archive_records_numbers_as_integers_and_verifies(archive):
+    proc = mlops("backup", "--verify", archive)
+    assert proc.stdout.startswith("archive OK")
+    manifest = archive_mod.verify_archive(archive)
+    assert manifest["mlflow_version"] and manifest["source_tracking_uri"].startswith("sqlite:")
+    model = next(m for m in _registry_json(archive)["models"] if m["name"] == NAME)
+    assert [v["version"] for v in model["versions"]] == sorted(
+        set(range(1, 19)) - set(registry_data.DELETED))
+    assert model["deleted_versions"] == list(registry_data.DELETED) and model["max_version"] == 18
+    v12 = next(v for v in model["versions"] if v["version"] == 12)
+    assert v12["stage"] == "Production" and v12["aliases"] == ["production"]
+    assert v12["signature"]["inputs"]
+
+
+def test_round_trip_into_empty_sqlite_store(source_registry, archive, tmp_path, new_store, cli):
+    uri = new_store(tmp_path)
+    dry = mlops("restore", archive, "--dry-run", uri=uri)
+    assert "nothing was changed" in dry.stdout and "deleted 4,7,8,17,18" in dry.stdout
+    assert MlflowClient(tracking_uri=uri).search_registered_models() == []
+
+    proc = mlops("restore", archive, uri=uri)
+    assert "2 models" in proc.stdout, proc.stdout
+    _assert_same(source_registry["snapshot"], registry_data.snapshot(uri, NAME))
+    assert registry_data.predictions(uri, NAME) == source_registry["predictions"]
+    client = registry.get_client(uri)
+    src = registry.get_client(source_registry["uri"])
+    assert registry.history(client, NAME) == registry.history(src, NAME) and len(registry.history(client, NAME)) == 3
+    assert {a: str(v) for a, v in client.get_registered_model(OTHER).aliases.items()} == {"production": "2"}
+
+    # Again: a no-op (both models are marked as restored from this archive), nothing duplicated.
+    counts = _counts(uri)
+    again = cli("restore", archive, uri=uri)
+    assert again.exit_code == 0 and again.stdout.count("already restored from this archive") == 2
+    assert _counts(uri) == counts == (3, 2)
+    # Into a registry that has these models from elsewhere: refused as a whole, one line.
+    clash = cli("restore", archive, uri=source_registry["uri"])
+    assert clash.exit_code != 0
+    assert clash.stderr.strip().splitlines() == [
+        f"error: already in the target registry: {NAME}, {OTHER} (use --if-exists skip, or restore into "
+        "an empty server); nothing was changed"]
+    skip = cli("restore", archive, "--if-exists", "skip", uri=source_registry["uri"])
+    assert "0 models" in skip.stdout and skip.stdout.count("skipped") == 2
+
+
+def test_interrupted_restore_finishes_on_rerun_without_duplicates(source_registry, archive, tmp_path, monkeypatch,
+                                                                  new_store):
+    uri = new_store(tmp_path)
+    client = registry.get_client(uri)
+
+    # 1st attempt: uploading one run's artifacts breaks; the model using that run is not touched,
+    # the other model is restored completely.
+    real_upload, real_create = restore_mod._Restorer.upload, MlflowClient.create_model_version
+
+    def flaky_upload(self, artifact_uri, local_dir):
+        if local_dir.name == "artifacts" and (local_dir / "extra").is_dir():
+            raise OSError("connection reset while uploading")
+        return real_upload(self, artifact_uri, local_dir)
+
+    monkeypatch.setattr(restore_mod._Restorer, "upload", flaky_upload)
+    with pytest.raises(restore_mod.RestoreError) as err:
+        restore_mod.restore(client, archive, workers=2)
+    assert any("connection reset" in f for f in err.value.failures)
+    assert any(f.startswith(f"model {NAME}: not restored") for f in err.value.failures)
+    assert [m.name for m in client.search_registered_models()] == [OTHER]
+
+    # 2nd attempt: the process "dies" after five versions of the big model.
+    monkeypatch.setattr(restore_mod._Restorer, "upload", real_upload)
+    calls = {"n": 0}
+
+    def dying_create(self, *a, **kw):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise ConnectionError("server went away")
+        return real_create(self, *a, **kw)
+
+    monkeypatch.setattr(MlflowClient, "create_model_version", dying_create)
+    with pytest.raises(restore_mod.RestoreError, match="server went away"):
+        restore_mod.restore(client, archive, workers=2)
+    assert restore_mod.IN_PROGRESS_TAG in client.get_registered_model(NAME).tags
+
+    # 3rd attempt without faults finishes the job; nothing is duplicated.
+    monkeypatch.setattr(MlflowClient, "create_model_version", real_create)
+    res = restore_mod.restore(client, archive, workers=2)
+    assert res.models == [NAME] and res.already == [OTHER]
+    assert res.runs_reused == 3 and res.logged_models_reused == 2
+    assert _counts(uri) == (3, 2)
+    _assert_same(source_registry["snapshot"], registry_data.snapshot(uri, NAME))
+    for name in (NAME, OTHER):
+        tags = client.get_registered_model(name).tags
+        assert restore_mod.IN_PROGRESS_TAG not in tags and restore_mod.DONE_TAG in tags
+
+
+def test_restore_selected_models_only(archive, tmp_path, new_store, cli):
+    uri = new_store(tmp_path)
+    assert cli("restore", archive, "--models", OTHER, uri=uri).exit_code == 0
+    client = MlflowClient(tracking_uri=uri)
+    assert [m.name for m in client.search_registered_models()] == [OTHER]
+    assert sorted(int(v.version) for v in client.search_model_versions(f"name = '{OTHER}'")) == [1, 2]
+    bad = cli("restore", archive, "--models", "nope", uri=uri)
+    assert bad.exit_code != 0 and bad.stderr.startswith("error: not in the archive: nope")
+
+
+def test_round_trip_through_a_tracking_server_with_proxied_artifacts(source_registry, archive, tmp_path, new_store):
+    """Restore into a server (mlflow-artifacts: storage), then back up through it and restore that."""
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    ctx, port = start_mlflow_server(backend, tmp_path, artifacts_destination=str(tmp_path / "served"))
+    with ctx:
+        uri = f"http://127.0.0.1:{port}"
+        proc = mlops("restore", archive, uri=uri)
+        assert "runs 3 created" in proc.stdout, proc.stdout
+        exp = MlflowClient(tracking_uri=uri).get_experiment_by_name("lc-exp-a")
+        assert exp.artifact_location.startswith("mlflow-artifacts:")
+        _assert_same(source_registry["snapshot"], registry_data.snapshot(uri, NAME, backend))
+        assert registry_data.predictions(uri, NAME) == source_registry["predictions"]
+
+        second = tmp_path / "second.tar.gz"
+        mlops("backup", "--out", second, "--backend-store-uri", backend, uri=uri)
+    target = new_store(tmp_path / "target")
+    mlops("restore", second, uri=target)
+    _assert_same(source_registry["snapshot"], registry_data.snapshot(target, NAME))
+    assert registry_data.predictions(target, NAME) == source_registry["predictions"]
