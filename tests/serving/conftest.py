@@ -67,7 +67,7 @@ def register_same_as(uri: str, version: str = "1", name: str = MODEL) -> str:
         src = client.get_model_version(name, version)
         model_id = src.source.split("/")[-1] if src.source.startswith("models:/m-") else None
         mv = client.create_model_version(name, source=src.source, run_id=src.run_id, model_id=model_id)
-    return mv.version
+    return str(mv.version)
 
 
 def register_broken(uri: str, folder: Path, name: str = MODEL, version: str = "1") -> str:
@@ -84,7 +84,7 @@ def register_broken(uri: str, folder: Path, name: str = MODEL, version: str = "1
         shutil.copytree(local, broken)
         (broken / "model.skops").write_bytes(b"this is not a model")
         mv = client.create_model_version(name, source=str(broken), run_id=src.run_id)
-    return mv.version
+    return str(mv.version)
 
 
 def promote(uri: str, version: str, name: str = MODEL) -> None:
