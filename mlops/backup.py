@@ -27,6 +27,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
 from mlops import archive, config, registry
 
@@ -36,6 +37,7 @@ Progress = Callable[[int, int, str], None]
 SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql")
 LOGGED_MODEL_SOURCE = re.compile(r"^models:/(m-[0-9a-f]+)/?$")
 PROMPT_TAG = "mlflow.prompt.is_prompt"
+QUIET_RUN_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 
 
 class BackupError(registry.RegistryError):
@@ -153,13 +155,8 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=1, sort_keys=True))
 
 
-def _export_run(client: MlflowClient, run_id: str, dest: Path) -> dict:
-    run = client.get_run(run_id)
+def _run_record(run, metrics: dict[str, list]) -> dict:
     info, data = run.info, run.data
-    metrics = {
-        key: [[m.value, m.timestamp, m.step] for m in client.get_metric_history(run_id, key)]
-        for key in sorted(data.metrics)
-    }
     datasets = [
         {
             "dataset": {
@@ -174,21 +171,113 @@ def _export_run(client: MlflowClient, run_id: str, dest: Path) -> dict:
     model_outputs = [
         {"model_id": m.model_id, "step": m.step} for m in (getattr(run.outputs, "model_outputs", None) or [])
     ] if run.outputs else []
-    _download(info.artifact_uri, client.tracking_uri, dest / "artifacts")
-    record = {
-        "run_id": run_id, "experiment_id": info.experiment_id, "run_name": info.run_name,
+    return {
+        "run_id": info.run_id, "experiment_id": info.experiment_id, "run_name": info.run_name,
         "user_id": info.user_id, "status": info.status, "start_time": info.start_time,
         "end_time": info.end_time, "lifecycle_stage": info.lifecycle_stage,
         "artifact_uri": info.artifact_uri, "params": dict(data.params), "tags": dict(data.tags),
-        "metrics": metrics, "dataset_inputs": datasets, "model_inputs": model_inputs,
-        "model_outputs": model_outputs,
+        "metrics": {k: metrics.get(k, []) for k in sorted(data.metrics)}, "dataset_inputs": datasets,
+        "model_inputs": model_inputs, "model_outputs": model_outputs,
     }
+
+
+def _export_run(client: MlflowClient, run, metrics: dict[str, list] | None, dest: Path) -> dict:
+    """run.json (params, tags, metric histories, inputs, outputs) and the run's artifacts."""
+    run_id = run.info.run_id
+    if metrics is None:
+        metrics = {
+            key: [[m.value, m.timestamp, m.step] for m in client.get_metric_history(run_id, key)]
+            for key in sorted(run.data.metrics)
+        }
+    _download(run.info.artifact_uri, client.tracking_uri, dest / "artifacts")
+    record = _run_record(run, metrics)
     _write_json(dest / "run.json", record)
     return record
 
 
-def _export_logged_model(client: MlflowClient, model_id: str, dest: Path) -> dict:
-    lm = client.get_logged_model(model_id)
+def fetch_runs(client: MlflowClient, run_ids: set[str]) -> dict:
+    """Runs by id, 100 per ``search_runs`` call (``get_run`` for any the search did not return)."""
+    from mlflow.entities import ViewType
+
+    found: dict = {}
+    ids = sorted(run_ids)
+    try:
+        exps, token = [], None
+        while ids:
+            page = client.search_experiments(view_type=ViewType.ALL, max_results=1000, page_token=token)
+            exps.extend(e.experiment_id for e in page)
+            token = page.token
+            if not token:
+                break
+        for i in range(0, len(ids), 100):
+            chunk = ids[i:i + 100]
+            filt = "attributes.run_id IN (" + ", ".join(f"'{r}'" for r in chunk) + ")"
+            token = None
+            while True:
+                page = client.search_runs(exps, filt, run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+                found.update((r.info.run_id, r) for r in page if r.info.run_id in run_ids)
+                token = page.token
+                if not token:
+                    break
+    except MlflowException as exc:
+        log.debug("batched run lookup failed (%s); reading runs one by one", exc)
+    for rid in ids:
+        if rid not in found:
+            found[rid] = client.get_run(rid)
+    return found
+
+
+BULK_HISTORY = "/ajax-api/2.0/mlflow/metrics/get-history-bulk"
+BULK_MAX = 25000
+
+
+def bulk_histories(client: MlflowClient, runs: dict) -> dict[str, dict[str, list]] | None:
+    """Metric histories of many runs with one request per metric key and 100 runs, through a server.
+
+    Uses the tracking server's bulk endpoint (the one its UI uses). Returns None when the store is
+    not a server or the endpoint is unavailable; callers then ask per run and key.
+    """
+    from mlflow.store.tracking.rest_store import RestStore
+    from mlflow.utils.rest_utils import http_request
+
+    store = getattr(client._tracking_client, "store", None)
+    if not isinstance(store, RestStore):
+        return None
+    creds = store.get_host_creds()
+    by_key: dict[str, list[str]] = {}
+    for rid, run in runs.items():
+        for key in run.data.metrics:
+            by_key.setdefault(key, []).append(rid)
+    out: dict[str, dict[str, list]] = {rid: {} for rid in runs}
+
+    def one(key: str, chunk: list[str]) -> None:
+        resp = http_request(creds, BULK_HISTORY, "GET", params={"run_id": chunk, "metric_key": key,
+                                                                "max_results": BULK_MAX})
+        if resp.status_code != 200:
+            raise BackupError(f"bulk metric history answered HTTP {resp.status_code}")
+        metrics = resp.json().get("metrics", [])
+        if len(metrics) >= BULK_MAX:  # possibly cut off: ask per run
+            for rid in chunk:
+                out[rid][key] = [[m.value, m.timestamp, m.step] for m in client.get_metric_history(rid, key)]
+            return
+        for rid in chunk:
+            out[rid][key] = []
+        for m in metrics:
+            out[m["run_id"]][key].append([m["value"], int(m["timestamp"]), int(m.get("step") or 0)])
+
+    jobs = [(k, rids[i:i + 100]) for k, rids in by_key.items() for i in range(0, len(rids), 100)]
+    try:
+        with ThreadPoolExecutor(max_workers=4, thread_name_prefix="mlops-metrics") as pool:
+            for f in [pool.submit(one, k, c) for k, c in jobs]:
+                f.result()
+    except Exception as exc:  # noqa: BLE001 - an older or locked-down server: fall back
+        log.debug("bulk metric history unavailable (%s); asking per run", exc)
+        return None
+    return out
+
+
+def _export_logged_model(client: MlflowClient, lm, dest: Path) -> dict:
+    model_id = lm.model_id
     _download(lm.artifact_location, client.tracking_uri, dest / "artifacts")
     if not any((dest / "artifacts").iterdir()):
         raise BackupError(f"logged model {model_id} has no artifacts")
@@ -249,22 +338,25 @@ def _model_record(rm, versions: list, max_used: int, exact: bool) -> dict:
 
 @contextlib.contextmanager
 def tracking_uri_set(uri: str):
-    """Point MLflow's global tracking URI at ``uri`` for the block, then put everything back.
+    """Point MLflow's global tracking URI at ``uri`` (and silence run links) for the block.
 
     Some registry calls resolve ``models:/m-…`` through the global URI rather than the client's.
     """
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    previous, env = tracking_utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", QUIET_RUN_URLS)}
+    previous = tracking_utils._tracking_uri
     mlflow.set_tracking_uri(uri)
+    os.environ[QUIET_RUN_URLS] = "true"  # else every set_terminated prints a link (and reads the run)
     try:
         yield
     finally:
         tracking_utils._tracking_uri = previous
-        if env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = env
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def backup(
@@ -295,20 +387,16 @@ def _backup(client, out, models, backend_store_uri, workers, on_progress) -> Bac
     db_uri = backend_store_uri or (uri if _is_sql(uri) else None)
     counters = db_max_versions(db_uri) if db_uri else None
 
-    model_records, run_ids, lm_ids, sources = [], set(), set(), {}
-    run_uri_cache: dict[str, str | None] = {}
-
-    def run_artifact_uri(run_id: str) -> str | None:
-        if run_id not in run_uri_cache:
-            try:
-                run_uri_cache[run_id] = client.get_run(run_id).info.artifact_uri
-            except Exception:  # noqa: BLE001 - reported below as a missing run
-                run_uri_cache[run_id] = None
-        return run_uri_cache[run_id]
-
+    listed = []
     for name in names:
         rm = registry.get_model(client, name)
-        versions = _search_versions(client, name)
+        listed.append((rm, _search_versions(client, name)))
+    run_ids = {mv.run_id for _, versions in listed for mv in versions if mv.run_id}
+    runs = _fetch_runs_or_fail(client, run_ids)
+
+    model_records, lm_ids, sources = [], set(), {}
+    for rm, versions in listed:
+        name = rm.name
         live_max = max((int(v.version) for v in versions), default=0)
         hinted = max(_history_versions(rm.tags), default=0)
         db_max = (counters or {}).get(name, 0)
@@ -320,17 +408,13 @@ def _backup(client, out, models, backend_store_uri, workers, on_progress) -> Bac
                 "pass --backend-store-uri to record them"
             )
         for mv in versions:
-            if mv.run_id and run_artifact_uri(mv.run_id) is None:
-                raise BackupError(f"{name} v{mv.version}: its source run {mv.run_id} cannot be read")
-            src = _classify(mv, run_artifact_uri(mv.run_id) if mv.run_id else None)
+            src = _classify(mv, runs[mv.run_id].info.artifact_uri if mv.run_id else None)
             if src["kind"] == "logged_model":
                 lm_ids.add(src["model_id"])
             elif src["kind"] == "files":
                 sources[src["key"]] = mv.source
             elif src["kind"] == "none":
                 raise BackupError(f"{name} v{mv.version} has no source to back up")
-            if mv.run_id:
-                run_ids.add(mv.run_id)
             rec["versions"].append({
                 "version": int(mv.version), "stage": mv.current_stage or "None",
                 "description": mv.description or "", "tags": dict(mv.tags or {}),
@@ -342,17 +426,21 @@ def _backup(client, out, models, backend_store_uri, workers, on_progress) -> Bac
             })
         model_records.append(rec)
 
+    # Logged models name their source run: back those runs up too.
+    lm_objs = _parallel_get(client.get_logged_model, lm_ids, workers, "logged model")
+    extra = {lm.source_run_id for lm in lm_objs.values() if lm.source_run_id} - set(runs)
+    if extra:
+        try:
+            runs.update(fetch_runs(client, extra))
+        except MlflowException as exc:
+            log.warning("source run of a logged model cannot be read (%s); it is left out", exc.message)
+    histories = bulk_histories(client, runs)
+
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".mlops-backup-", dir=parent))
     try:
-        runs, lms = _collect(client, staging, run_ids, lm_ids, sources, workers, on_progress)
-        # Logged models name their source run: back those runs up too.
-        extra_runs = {lm["source_run_id"] for lm in lms.values() if lm.get("source_run_id")} - set(runs)
-        extra_runs = {r for r in extra_runs if run_artifact_uri(r) is not None}
-        if extra_runs:
-            more, _ = _collect(client, staging, extra_runs, set(), {}, workers, on_progress)
-            runs.update(more)
+        runs, lms = _collect(client, staging, runs, histories, lm_objs, sources, workers, on_progress)
         for rec in model_records:
             for v in rec["versions"]:
                 v["signature"] = _signature(_model_dir(staging, v))
@@ -404,22 +492,43 @@ def _select(client: MlflowClient, models: list[str] | None) -> list[str]:
     )
 
 
-def _collect(client, staging, run_ids, lm_ids, sources, workers, on_progress):
+def _fetch_runs_or_fail(client: MlflowClient, run_ids: set[str]) -> dict:
+    try:
+        return fetch_runs(client, run_ids)
+    except MlflowException as exc:
+        raise BackupError(f"a source run cannot be read: {exc.message}") from None
+
+
+def _parallel_get(fn, keys, workers: int, label: str) -> dict:
+    out = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mlops-backup") as pool:
+        futures = {pool.submit(fn, k): k for k in sorted(keys)}
+        for fut in as_completed(futures):
+            try:
+                out[futures[fut]] = fut.result()
+            except Exception as exc:  # noqa: BLE001 - one line naming what failed
+                msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+                raise BackupError(f"cannot read {label} {futures[fut]}: {msg.splitlines()[0]}") from None
+    return out
+
+
+def _collect(client, staging, runs, histories, lm_objs, sources, workers, on_progress):
     """Download runs, logged models and plain sources in parallel; any failure aborts the backup."""
     tasks = (
-        [("run", r) for r in sorted(run_ids)]
-        + [("logged_model", m) for m in sorted(lm_ids)]
+        [("run", r) for r in sorted(runs)]
+        + [("logged_model", m) for m in sorted(lm_objs)]
         + [("source", k) for k in sorted(sources)]
     )
-    runs, lms = {}, {}
+    out_runs, lms = {}, {}
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mlops-backup") as pool:
         futures = {}
         for kind, key in tasks:
             if kind == "run":
-                fut = pool.submit(_export_run, client, key, staging / "runs" / key)
+                metrics = histories.get(key) if histories is not None else None
+                fut = pool.submit(_export_run, client, runs[key], metrics, staging / "runs" / key)
             elif kind == "logged_model":
-                fut = pool.submit(_export_logged_model, client, key, staging / "logged_models" / key)
+                fut = pool.submit(_export_logged_model, client, lm_objs[key], staging / "logged_models" / key)
             else:
                 fut = pool.submit(_export_source, client, sources[key], staging / "sources" / key)
             futures[fut] = (kind, key)
@@ -434,7 +543,7 @@ def _collect(client, staging, run_ids, lm_ids, sources, workers, on_progress):
                     msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
                     raise BackupError(f"cannot back up {kind.replace('_', ' ')} {key}: {msg.splitlines()[0]}") from exc
                 if kind == "run":
-                    runs[key] = rec
+                    out_runs[key] = rec
                 elif kind == "logged_model":
                     lms[key] = rec
                 done += 1
@@ -444,7 +553,7 @@ def _collect(client, staging, run_ids, lm_ids, sources, workers, on_progress):
             for f in futures:
                 f.cancel()
             raise
-    return runs, lms
+    return out_runs, lms
 
 
 def _experiments(client: MlflowClient, ids: set[str]) -> dict:

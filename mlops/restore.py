@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -120,6 +121,10 @@ class _Restorer:
         self.lm_map: dict[str, str] = {}
         self.src_map: dict[str, str] = {}
         self.file_pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="mlops-upload")
+        self.dataset_lock = threading.Lock()
+        self.dataset_locks: dict[tuple, threading.Lock] = {}
+        self.datasets_seen: set[tuple] = set()
+        self.is_server = _is_rest(client)
 
     # ---- helpers -------------------------------------------------------------------------
     def tick(self, label: str, n: int = 1) -> None:
@@ -132,6 +137,26 @@ class _Restorer:
 
     def lm_record(self, model_id: str) -> dict:
         return json.loads((self.folder / "logged_models" / model_id / "logged_model.json").read_text())
+
+    def log_datasets(self, exp_id: str, run_id: str, datasets: list) -> None:
+        """log_inputs, serialising the first use of each dataset in an experiment.
+
+        MLflow's SQL store creates a dataset row on first use; two runs doing that at once hit
+        its unique constraint, so the first use of a (experiment, name, digest) holds a lock.
+        """
+        keys = sorted({(exp_id, d.dataset.name, d.dataset.digest) for d in datasets})
+        with self.dataset_lock:
+            fresh = [k for k in keys if k not in self.datasets_seen]
+            locks = [self.dataset_locks.setdefault(k, threading.Lock()) for k in fresh]
+        for lock in locks:
+            lock.acquire()
+        try:
+            self.client.log_inputs(run_id, datasets=datasets)
+            with self.dataset_lock:
+                self.datasets_seen.update(keys)
+        finally:
+            for lock in locks:
+                lock.release()
 
     def upload(self, artifact_uri: str, local_dir: Path) -> None:
         """Upload every file under ``local_dir`` to ``artifact_uri``, files in parallel."""
@@ -243,7 +268,7 @@ class _Restorer:
             for d in rec.get("dataset_inputs", [])
         ]
         if datasets:
-            c.log_inputs(rid, datasets=datasets)
+            self.log_datasets(exp_id, rid, datasets)
         self.upload(run.info.artifact_uri, self.folder / "runs" / rec["run_id"] / "artifacts")
         if rec["status"] in TERMINAL:
             c.set_terminated(rid, rec["status"], end_time=rec.get("end_time"))
@@ -287,11 +312,18 @@ class _Restorer:
 
     def fix_model_versions_tag(self, rec: dict, model_id: str) -> None:
         want = rec["tags"].get(MODEL_VERSIONS_TAG)
-        have = (self.client.get_logged_model(model_id).tags or {}).get(MODEL_VERSIONS_TAG)
-        if want == have:
-            return
+        if not self.is_server and want is None:
+            return  # only a tracking server writes the tag
+        if not self.is_server:
+            have = (self.client.get_logged_model(model_id).tags or {}).get(MODEL_VERSIONS_TAG)
+            if want == have:
+                return
         if want is None:
-            self.client.delete_logged_model_tag(model_id, MODEL_VERSIONS_TAG)
+            try:
+                self.client.delete_logged_model_tag(model_id, MODEL_VERSIONS_TAG)
+            except MlflowException as exc:
+                if not _not_found(exc):
+                    raise
         else:
             self.client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: want})
 
@@ -340,7 +372,7 @@ class _Restorer:
                 mv = c.create_model_version(
                     name, args["source"], run_id=args.get("run_id"), tags=v["tags"] or None,
                     run_link=v.get("run_link"), description=v["description"] or None,
-                    model_id=args.get("model_id"),
+                    model_id=args.get("model_id"), await_creation_for=0,
                 )
             else:
                 donor = next((k for k in numbers if k > n), numbers[-1] if numbers else None)
@@ -350,7 +382,7 @@ class _Restorer:
                     placeholder_lm = placeholder_lm or self._placeholder_model()
                     args = {"source": f"models:/{placeholder_lm}", "model_id": placeholder_lm, "run_id": None}
                 mv = c.create_model_version(name, args["source"], run_id=args.get("run_id"),
-                                            model_id=args.get("model_id"))
+                                            model_id=args.get("model_id"), await_creation_for=0)
             if int(mv.version) != n:
                 raise RestoreError(f"{name}: expected to create version {n} but MLflow created {mv.version}")
             if v is None:
@@ -376,6 +408,12 @@ class _Restorer:
 
     def close(self) -> None:
         self.file_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _is_rest(client: MlflowClient) -> bool:
+    from mlflow.store.tracking.rest_store import RestStore
+
+    return isinstance(getattr(client._tracking_client, "store", None), RestStore)
 
 
 def _target_state(client: MlflowClient, name: str, backup_id: str) -> str:

@@ -42,6 +42,7 @@ from mlops import config
 log = logging.getLogger(__name__)
 
 COMPONENTS = ("postgres", "s3", "mlflow", "serving")
+STARTUP_PHASES = (("postgres", "s3"), ("mlflow", "serving"))
 DEFAULT_PORTS = {"postgres": 55432, "s3": 59000, "mlflow": 55000, "serving": 55001}
 PORT_ENV = {
     "postgres": "MLOPS_STACK_PG_PORT",
@@ -192,6 +193,7 @@ def _stop_entry(name: str, entry: dict, timeout: float = 40) -> bool:
     if not members:
         return False
     sig = signal.SIGINT if name == "postgres" else signal.SIGTERM
+    began = time.monotonic()
     leader_alive = entry["pid"] in members
     for pid in [entry["pid"]] if leader_alive else members:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -200,6 +202,8 @@ def _stop_entry(name: str, entry: dict, timeout: float = 40) -> bool:
     while time.monotonic() < deadline and _members(entry):
         time.sleep(0.1)
     left = _members(entry)
+    if not left:
+        log.info("%s stopped in %.1fs", name, time.monotonic() - began)
     for pid in left:
         log.warning("%s: pid %d still running after %.0fs, killing it", name, pid, timeout)
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -511,45 +515,24 @@ def _spawn(name: str, cmd: list[str], env: dict[str, str], s: Settings, cwd: Pat
             "log": str(log_path), "cmd": cmd, "started_at": time.time()}
 
 
-def _start_component(name: str, s: Settings, secrets: dict, stack_id: str) -> tuple[dict, str]:
-    """Start ``name``, wait until healthy, do its one-time setup; return (state entry, detail)."""
+def _launch(name: str, s: Settings, secrets: dict, stack_id: str) -> dict:
+    """Start ``name``'s process (after its one-time preparation); return its state entry."""
     port = s.ports[name]
     if _port_in_use(port):
         raise StackError(f"{name}: port {port} on {HOST} is already in use by another program "
                          f"(choose another with --{'pg' if name == 'postgres' else name}-port or {PORT_ENV[name]})")
     tag = f"{stack_id}/{name}"
-    log_path = s.logs / f"{name}.log"
     if name == "postgres":
         ids = _pg_user()
         _init_postgres(s, secrets, ids)
         cmd = [_pg_bin("postgres"), "-D", str(s.stack_dir / "postgres" / "data"), "-p", str(port),
                "-c", f"listen_addresses={HOST}", "-c", "unix_socket_directories=", "-c", "max_connections=60"]
-        entry = _spawn(name, cmd, _base_env(tag), s, s.stack_dir / "postgres", ids)
-
-        def probe():
-            try:
-                conn = _pg_connect(port, "postgres", secrets["postgres_superuser_password"], "postgres")
-            except Exception as exc:  # noqa: BLE001
-                return False, type(exc).__name__
-            conn.close()
-            return True, "accepting connections"
-
-        _wait(name, entry, log_path, s.timeout, probe)
-        _setup_database(port, secrets)
-        return entry, check(name, s.ports, secrets)[1]
+        return _spawn(name, cmd, _base_env(tag), s, s.stack_dir / "postgres", ids)
     if name == "s3":
         env = _base_env(tag, AWS_ACCESS_KEY_ID=secrets["s3_access_key"], AWS_SECRET_ACCESS_KEY=secrets["s3_secret_key"])
         cmd = [sys.executable, "-m", "mlops.s3_endpoint", "--host", HOST, "--port", str(port),
                "--data", str(s.stack_dir / "s3")]
-        entry = _spawn(name, cmd, env, s, s.stack_dir)
-        _wait(name, entry, log_path, s.timeout,
-              lambda: (_http_status(f"http://{HOST}:{port}/_stack/ready") == 200, "loading"))
-        client = _s3_client(s.ports, secrets)
-        try:
-            client.head_bucket(Bucket=s.bucket)
-        except client.exceptions.ClientError:
-            client.create_bucket(Bucket=s.bucket)
-        return entry, check(name, s.ports, secrets, s.bucket)[1]
+        return _spawn(name, cmd, env, s, s.stack_dir)
     if name == "mlflow":
         env = _base_env(
             tag,
@@ -567,7 +550,6 @@ def _start_component(name: str, s: Settings, secrets: dict, stack_id: str) -> tu
             MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
             MLFLOW_AUTH="true" if s.auth else "false",
         )
-        admin = None
         if s.auth:
             admin = _admin_auth()
             env.update(
@@ -577,23 +559,7 @@ def _start_component(name: str, s: Settings, secrets: dict, stack_id: str) -> tu
                 MLFLOW_AUTH_DIR=str(s.stack_dir / "mlflow" / "auth"),
             )
         (s.stack_dir / "mlflow").mkdir(exist_ok=True)
-        cmd = ["sh", str(ENTRYPOINTS / "mlflow-server.sh")]
-        entry = _spawn(name, cmd, env, s, s.stack_dir / "mlflow")
-
-        def probe():
-            return check(name, s.ports, secrets, auth=admin) if _http_status(f"http://{HOST}:{port}/health") == 200 \
-                else (False, "starting")
-
-        try:
-            detail = _wait(name, entry, log_path, s.timeout, probe)
-        except StackError as exc:
-            if admin and "API: 401" in str(exc):
-                raise StackError("mlflow: the admin credentials were refused: MLFLOW_AUTH_ADMIN_PASSWORD must be "
-                                 "the password the admin user got at the first `--auth` start of this stack") from None
-            raise
-        if s.auth:
-            _ensure_serving_user(port, admin, secrets["serving_password"])
-        return entry, detail
+        return _spawn(name, ["sh", str(ENTRYPOINTS / "mlflow-server.sh")], env, s, s.stack_dir / "mlflow")
     if name == "serving":
         env = _base_env(
             tag,
@@ -609,10 +575,55 @@ def _start_component(name: str, s: Settings, secrets: dict, stack_id: str) -> tu
         if s.auth:
             env.update(MLFLOW_TRACKING_USERNAME=SERVING_USER, MLFLOW_TRACKING_PASSWORD=secrets["serving_password"])
         (s.stack_dir / "serving").mkdir(exist_ok=True)
-        cmd = ["sh", str(ENTRYPOINTS / "serving.sh")]
-        entry = _spawn(name, cmd, env, s, config.project_home())
-        detail = _wait(name, entry, log_path, s.timeout, lambda: check(name, s.ports, secrets))
-        return entry, detail
+        return _spawn(name, ["sh", str(ENTRYPOINTS / "serving.sh")], env, s, config.project_home())
+    raise ValueError(name)
+
+
+def _ready(name: str, entry: dict, s: Settings, secrets: dict) -> str:
+    """Wait until ``name`` is healthy and do its set-up (role and database, bucket, serving user)."""
+    port = s.ports[name]
+    log_path = Path(entry["log"])
+    if name == "postgres":
+        def probe():
+            try:
+                conn = _pg_connect(port, "postgres", secrets["postgres_superuser_password"], "postgres")
+            except Exception as exc:  # noqa: BLE001 - not accepting connections yet
+                return False, type(exc).__name__
+            conn.close()
+            return True, "accepting connections"
+
+        _wait(name, entry, log_path, s.timeout, probe)
+        _setup_database(port, secrets)
+        return check(name, s.ports, secrets)[1]
+    if name == "s3":
+        _wait(name, entry, log_path, s.timeout,
+              lambda: (_http_status(f"http://{HOST}:{port}/_stack/ready") == 200, "loading its data"))
+        client = _s3_client(s.ports, secrets)
+        try:
+            client.head_bucket(Bucket=s.bucket)
+        except client.exceptions.ClientError:
+            client.create_bucket(Bucket=s.bucket)
+        return check(name, s.ports, secrets, s.bucket)[1]
+    if name == "mlflow":
+        admin = _admin_auth() if s.auth else None
+
+        def probe():
+            if _http_status(f"http://{HOST}:{port}/health") != 200:
+                return False, "starting"
+            return check(name, s.ports, secrets, auth=admin)
+
+        try:
+            detail = _wait(name, entry, log_path, s.timeout, probe)
+        except StackError as exc:
+            if admin and "API: 401" in str(exc):
+                raise StackError("mlflow: the admin credentials were refused: MLFLOW_AUTH_ADMIN_PASSWORD must be "
+                                 "the password the admin user got at the first `--auth` start of this stack") from None
+            raise
+        if admin:
+            _ensure_serving_user(port, admin, secrets["serving_password"])
+        return detail
+    if name == "serving":
+        return _wait(name, entry, log_path, s.timeout, lambda: check(name, s.ports, secrets))
     raise ValueError(name)
 
 
@@ -654,15 +665,22 @@ def up(s: Settings) -> Running:
         started: list[str] = []
         details: dict[str, str] = {}
         try:
-            for name in wanted:
-                if name in running:
-                    details[name] = "already running"
-                    continue
-                log.info("starting %s on %s:%d", name, HOST, s.ports[name])
-                entry, details[name] = _start_component(name, s, secrets, stack_id)
-                state["components"][name] = entry
-                started.append(name)
-                _save_state(s.stack_dir, state)
+            # Two phases: the stores, then what uses them. Within a phase the processes start
+            # together (the serving service retries the registry until the server answers) and
+            # are waited on in order.
+            for phase in STARTUP_PHASES:
+                names = [n for n in phase if n in wanted]
+                for name in names:
+                    if name in running:
+                        details[name] = "already running"
+                        continue
+                    log.info("starting %s on %s:%d", name, HOST, s.ports[name])
+                    state["components"][name] = _launch(name, s, secrets, stack_id)
+                    started.append(name)
+                    _save_state(s.stack_dir, state)
+                for name in names:
+                    if name in started:
+                        details[name] = _ready(name, state["components"][name], s, secrets)
         except BaseException:
             for name in reversed(started):
                 _stop_entry(name, state["components"].pop(name))
