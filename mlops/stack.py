@@ -557,6 +557,9 @@ def _launch(name: str, s: Settings, secrets: dict, stack_id: str) -> dict:
                 MLFLOW_AUTH_ADMIN_USERNAME=admin[0],
                 MLFLOW_AUTH_ADMIN_PASSWORD=admin[1],
                 MLFLOW_AUTH_DIR=str(s.stack_dir / "mlflow" / "auth"),
+                # One worker by default: a cached credential check goes stale only for changes
+                # made outside the server's API.
+                MLFLOW_AUTH_CACHE_TTL_SECONDS=os.environ.get("MLOPS_STACK_AUTH_CACHE_TTL_SECONDS", "60"),
             )
         (s.stack_dir / "mlflow").mkdir(exist_ok=True)
         return _spawn(name, ["sh", str(ENTRYPOINTS / "mlflow-server.sh")], env, s, s.stack_dir / "mlflow")

@@ -12,7 +12,10 @@
 #     MLFLOW_FLASK_SERVER_SECRET_KEY, MLFLOW_AUTH_ADMIN_PASSWORD (required, never defaulted),
 #     MLFLOW_AUTH_ADMIN_USERNAME (admin), MLFLOW_AUTH_DIR (folder for the generated ini and the
 #     default user database), MLFLOW_AUTH_DATABASE_URI (sqlite:///$MLFLOW_AUTH_DIR/basic_auth.db),
-#     MLFLOW_AUTH_DEFAULT_PERMISSION (READ)
+#     MLFLOW_AUTH_DEFAULT_PERMISSION (READ), MLFLOW_AUTH_CACHE_TTL_SECONDS (0: every request
+#     re-checks the password hash, a PBKDF2 run of about 0.3-1 s of CPU; > 0 caches a successful
+#     check per worker for that long, so a changed password may still work on other workers
+#     until then)
 set -eu
 
 : "${MLFLOW_BACKEND_STORE_URI:?MLFLOW_BACKEND_STORE_URI must be set (postgresql://...)}"
@@ -27,8 +30,10 @@ set -- mlflow server \
   --port "${MLFLOW_PORT:-5000}" \
   --workers "${MLFLOW_WORKERS:-1}"
 
-if [ -n "${MLFLOW_ALLOWED_HOSTS:-}" ]; then
-  set -- "$@" --allowed-hosts "$MLFLOW_ALLOWED_HOSTS"
+# Empty items (an unset optional variable in a comma-separated list) are dropped.
+allowed=$(printf '%s' "${MLFLOW_ALLOWED_HOSTS:-}" | tr -s ',' | sed 's/^,//; s/,$//')
+if [ -n "$allowed" ]; then
+  set -- "$@" --allowed-hosts "$allowed"
 fi
 
 if [ "${MLFLOW_AUTH:-false}" = "true" ]; then
@@ -43,6 +48,7 @@ if [ "${MLFLOW_AUTH:-false}" = "true" ]; then
 default_permission = ${MLFLOW_AUTH_DEFAULT_PERMISSION:-READ}
 database_uri = ${MLFLOW_AUTH_DATABASE_URI:-sqlite:///$auth_dir/basic_auth.db}
 admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
+auth_cache_ttl_seconds = ${MLFLOW_AUTH_CACHE_TTL_SECONDS:-0}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI
   mv "$ini.tmp" "$ini"
