@@ -3,7 +3,8 @@
 * bind/workers from the service settings (``HOST``, ``PORT``, ``WORKERS``; default 2 x cores + 1,
   at most 8), ``gthread`` workers with keep-alive;
 * the app (and its heavy imports: MLflow, scikit-learn) is preloaded once in the master and
-  forked; no thread runs in the master: each worker starts its registry poller after the fork;
+  forked (``gc.freeze()`` first, so the pages stay shared); no thread runs in the master: each
+  worker starts its registry poller after the fork;
 * graceful shutdown on SIGTERM (``GRACEFUL_TIMEOUT_S``), worker timeout ``TIMEOUT_S``;
 * access log off unless ``ACCESS_LOG`` is set (``-`` for stdout or a file path);
 * no control socket (gunicorn 26 would share ``~/.gunicorn/gunicorn.ctl`` between instances);
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import gc
 import glob
 import os
 import shutil
@@ -46,6 +48,12 @@ errorlog = "-"
 loglevel = _settings.log_level.lower()
 limit_request_line = 8190
 forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def pre_fork(server, worker):
+    """Move everything the master built (imports, the app) out of the garbage collector's sight:
+    workers then share those pages instead of copying them, and exit in a fraction of the time."""
+    gc.freeze()
 
 
 def post_worker_init(worker):

@@ -28,6 +28,7 @@ from serving.settings import Settings
 log = logging.getLogger("serving.manager")
 
 DOWNLOAD_RETRY_S = 5.0
+FULL_CHECK_S = 30.0
 
 
 class RegistryUnreachable(RuntimeError):
@@ -79,6 +80,8 @@ class ModelManager:
         self._pid: int | None = None
         self._client = None
         self._reload_seen = 0.0
+        self._db_stamp: tuple | None = None
+        self._db_stamp_at = 0.0
 
     # -- thread -----------------------------------------------------------------------------------
 
@@ -139,8 +142,13 @@ class ModelManager:
 
     def _check(self, force: bool) -> dict:
         before = self.current.version if self.current else None
+        now = time.time()
+        if not force and self._store_unchanged(now):
+            self.last_check_at = now
+            self.last_check_ok_at = now
+            return self._result(before)
         self.metrics.registry_checks.inc()
-        self.last_check_at = time.time()
+        self.last_check_at = now
         try:
             mv = self._resolve()
         except RegistryUnreachable as exc:
@@ -195,6 +203,30 @@ class ModelManager:
         self.last_check_error = None
 
     # -- registry ---------------------------------------------------------------------------------
+
+    def _store_unchanged(self, now: float) -> bool:
+        """True when a direct SQLite store's files have not changed since the last full check.
+
+        Every registry change writes the database file, so on the embedded default a poll costs one
+        ``stat`` instead of a query. A full check still runs every ``FULL_CHECK_S`` as a safety net.
+        """
+        uri = self.settings.tracking_uri
+        if not uri.startswith("sqlite:///") or self.current is None or self.registry_reachable is not True:
+            return False
+        db = uri[len("sqlite:///"):].split("?", 1)[0]
+        stamp = []
+        for path in (db, db + "-wal", db + "-journal"):
+            try:
+                st = os.stat(path)
+                stamp.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                stamp.append(None)
+        stamp = tuple(stamp)
+        if stamp == self._db_stamp and now - self._db_stamp_at < FULL_CHECK_S and self.last_swap_error is None:
+            return True
+        self._db_stamp = stamp
+        self._db_stamp_at = now
+        return False
 
     def client(self):
         if self._client is None:

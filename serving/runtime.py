@@ -69,12 +69,15 @@ class Prediction:
     rows: int
 
 
-def preimport() -> None:
-    """Import what loading a model needs (MLflow pyfunc, scikit-learn, skops).
+def preimport(tracking_uri: str | None = None) -> None:
+    """Import what loading a model needs (MLflow pyfunc, scikit-learn, skops, the SQL store).
 
     gunicorn calls this in the master (preloaded app) so forked workers share the imported code
     and a worker's first load takes well under a second instead of several. Starts no thread.
     """
+    if tracking_uri and tracking_uri.split(":", 1)[0].split("+", 1)[0] in ("sqlite", "postgresql", "mysql", "mssql"):
+        import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     import mlflow.pyfunc  # noqa: F401
     import mlflow.pyfunc.scoring_server  # noqa: F401
     import mlflow.sklearn  # noqa: F401

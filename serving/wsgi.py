@@ -10,5 +10,6 @@ from serving.app import create_app
 from serving.runtime import preimport
 from serving.settings import Settings
 
-app = create_app(Settings.from_env())
-preimport()
+settings = Settings.from_env()
+app = create_app(settings)
+preimport(settings.tracking_uri)

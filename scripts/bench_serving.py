@@ -1,0 +1,277 @@
+"""Serving benchmark: this service vs `mlflow models serve` vs a bare Flask+gunicorn floor.
+
+    .venv/bin/python scripts/bench_serving.py [--workers 2] [--duration 10] [--keep]
+
+Trains the default model into a temporary store, then measures with `wrk` (Debian package
+`wrk`) 1-row and 100-row `POST /invocations` at 1 and 8 connections against
+
+  (a) this service (`mlops serve`, full validation, metrics, logging),
+  (b) `mlflow models serve` with the same number of workers,
+  (c) the floor: scripts/bench_floor_app.py (JSON straight into numpy, sklearn predict,
+      nothing else) under gunicorn with this service's worker settings,
+
+one server at a time, and prints requests/s, p50, p99 and the ratios. Then it measures a swap
+under load: with wrk and a probing client running against this service, a new version is
+promoted; it reports the time until every response carries it and the failed requests.
+
+Not a test: nothing is asserted. Servers listen on 127.0.0.1 ephemeral ports and are stopped at
+the end (their whole process group).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.helpers import BIN, Service, clean_env, free_port, sqlite_uri, train  # noqa: E402
+
+MODEL = "breast-cancer-classifier"
+
+LUA = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
+wrk.body = f:read("*a")
+f:close()
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "BENCH_RESULT {\"requests\": %d, \"duration_us\": %d, \"p50_us\": %d, \"p99_us\": %d, " ..
+    "\"connect\": %d, \"read\": %d, \"write\": %d, \"status\": %d, \"timeout\": %d}\n",
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(99),
+    e.connect, e.read, e.write, e.status, e.timeout))
+end
+"""
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def wrk(url: str, body: Path, connections: int, duration: float, lua: Path) -> dict:
+    threads = 1 if connections == 1 else 2
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s", "-s", str(lua), url]
+    out = subprocess.run(cmd, env=dict(os.environ, BENCH_BODY=str(body)), capture_output=True, text=True,
+                         timeout=duration + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("BENCH_RESULT "):
+            r = json.loads(line[len("BENCH_RESULT "):])
+            r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+            r["errors"] = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+            return r
+    raise RuntimeError(f"wrk gave no result:\n{out.stdout}\n{out.stderr}")
+
+
+def measure(name: str, url: str, bodies: dict[int, Path], duration: float, lua: Path) -> dict:
+    results = {}
+    for rows, body in bodies.items():
+        wrk(url, body, 8, 2, lua)  # warm-up
+        for conns in (1, 8):
+            r = wrk(url, body, conns, duration, lua)
+            results[(rows, conns)] = r
+            log(f"{name:<22} rows={rows:<3} c={conns}: {r['rps']:8.1f} req/s  p50 {r['p50_us'] / 1000:7.2f} ms  "
+                f"p99 {r['p99_us'] / 1000:7.2f} ms  errors {r['errors']}")
+    return results
+
+
+def bodies_for(tmp: Path) -> dict[int, Path]:
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame.drop(columns=["target"])
+    out = {}
+    for n in (1, 100):
+        path = tmp / f"body-{n}.json"
+        df = frame.head(n)
+        path.write_text(json.dumps({"dataframe_split": {"columns": list(df.columns), "data": df.to_numpy().tolist()}}))
+        out[n] = path
+    return out
+
+
+def start(cmd: list[str], env: dict, log_path: Path, health: str, timeout: float = 240) -> Service:
+    svc = Service(cmd, env, log_path)
+    try:
+        svc.wait_http(health, timeout)
+    except BaseException:
+        svc.stop()
+        raise
+    return svc
+
+
+def swap_under_load(uri: str, tmp: Path, workers: int, bodies: dict[int, Path], lua: Path) -> dict:
+    """Promote a new version while wrk (8 connections) and a probing client hit the service."""
+    import requests
+
+    from mlops import registry
+    from mlops.model_io import preflight
+
+    log("training version 2 for the swap (not promoted yet)")
+    train(uri, "--promote", "none", "--seed", "7")
+    port = free_port()
+    env = clean_env(MLFLOW_TRACKING_URI=uri, PORT=port, HOST="127.0.0.1", WORKERS=workers,
+                    MODEL_CACHE_DIR=tmp / "swap-models", LOG_DIR=tmp / "swap-logs")
+    url = f"http://127.0.0.1:{port}"
+    svc = start([str(BIN / "mlops"), "serve"], env, tmp / "swap-serving.log", url + "/ready")
+    seen: list[tuple[float, str | None, bool]] = []
+    stop = threading.Event()
+    payload = bodies[1].read_bytes()
+
+    def probe() -> None:
+        s = requests.Session()
+        while not stop.is_set():
+            try:
+                r = s.post(url + "/invocations", data=payload, headers={"Content-Type": "application/json"}, timeout=10)
+                seen.append((time.monotonic(), r.headers.get("X-Model-Version"), r.status_code == 200))
+            except requests.RequestException:
+                seen.append((time.monotonic(), None, False))
+            time.sleep(0.002)
+
+    result: dict = {}
+    try:
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        client = registry.get_client(uri)
+        preflight(MODEL, "2", uri)  # what `mlops promote` does first, outside the timed window
+        wrk_out: dict = {}
+        load = threading.Thread(target=lambda: wrk_out.update(wrk(url + "/invocations", bodies[1], 8, 8, lua)))
+        prober = threading.Thread(target=probe)
+        load.start()
+        prober.start()
+        time.sleep(2.0)
+        t0 = time.monotonic()
+        registry.promote(client, MODEL, "2", registry.PRODUCTION, reason="benchmark swap", preflight=False, notify=False)
+        t_promoted = time.monotonic()
+        load.join()
+        stop.set()
+        prober.join()
+        after = [(t, v) for t, v, _ in seen if t >= t_promoted]
+        last_old = max((t for t, v in after if v != "2"), default=t_promoted)
+        first_new = min((t for t, v in after if v == "2"), default=None)
+        metrics = requests.get(url + "/metrics", timeout=10).text
+        on_new = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                     if line.startswith("serving_model_version_info{") and 'version="2"' in line)
+        result = {
+            "time_to_all_new_s": last_old - t0,
+            "first_new_s": (first_new - t0) if first_new else None,
+            "probe_requests": len(seen),
+            "probe_failed": sum(1 for _, _, ok in seen if not ok),
+            "wrk_requests": wrk_out.get("requests", 0),
+            "wrk_failed": wrk_out.get("errors", 0),
+            "workers_on_new": on_new,
+            "workers": workers,
+        }
+    finally:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+        svc.stop()
+    return result
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, default=2, help="workers for every server (default 2)")
+    p.add_argument("--duration", type=float, default=10, help="seconds per wrk run (default 10)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    p.add_argument("--skip-swap", action="store_true", help="skip the swap-under-load measurement")
+    args = p.parse_args()
+    if not shutil.which("wrk"):
+        print("error: wrk is not installed. Install it with: sudo apt-get update && sudo apt-get install -y wrk",
+              file=sys.stderr)
+        return 2
+    tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    lua = tmp / "post.lua"
+    lua.write_text(LUA)
+    uri = sqlite_uri(tmp)
+    services: list[Service] = []
+    try:
+        log(f"training the default model into {uri}")
+        train(uri, "--promote", "production")
+        bodies = bodies_for(tmp)
+        from mlops.model_io import download_version
+
+        model_dir = download_version(MODEL, "1", tmp / "floor-model", uri)
+        w = args.workers
+        results = {}
+
+        # (a) this service
+        port = free_port()
+        env = clean_env(MLFLOW_TRACKING_URI=uri, PORT=port, HOST="127.0.0.1", WORKERS=w,
+                        MODEL_CACHE_DIR=tmp / "models", LOG_DIR=tmp / "logs")
+        svc = start([str(BIN / "mlops"), "serve"], env, tmp / "serving.log", f"http://127.0.0.1:{port}/ready")
+        services.append(svc)
+        results["service"] = measure("this service", f"http://127.0.0.1:{port}/invocations", bodies, args.duration, lua)
+        svc.stop()
+
+        # (b) mlflow models serve, same worker count
+        port = free_port()
+        env = clean_env(MLFLOW_TRACKING_URI=uri)
+        svc = start([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}/Production", "--env-manager",
+                     "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(w)], env, tmp / "mlflow.log",
+                    f"http://127.0.0.1:{port}/ping")
+        services.append(svc)
+        results["mlflow"] = measure("mlflow models serve", f"http://127.0.0.1:{port}/invocations", bodies,
+                                    args.duration, lua)
+        svc.stop()
+
+        # (c) the floor: same gunicorn worker settings as the service
+        port = free_port()
+        env = clean_env(FLOOR_MODEL_PATH=model_dir)
+        svc = start([str(BIN / "gunicorn"), "--no-control-socket", "-w", str(w), "-k", "gthread", "--threads", "1",
+                     "--keep-alive", "5", "-b", f"127.0.0.1:{port}", "--chdir", str(ROOT / "scripts"),
+                     "bench_floor_app:app"], env, tmp / "floor.log", f"http://127.0.0.1:{port}/ping")
+        services.append(svc)
+        results["floor"] = measure("floor (Flask+numpy)", f"http://127.0.0.1:{port}/invocations", bodies,
+                                   args.duration, lua)
+        svc.stop()
+
+        swap = None if args.skip_swap else swap_under_load(uri, tmp, w, bodies, lua)
+        report(results, swap, w, args.duration)
+    finally:
+        for svc in services:
+            svc.stop()
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def report(results: dict, swap: dict | None, workers: int, duration: float) -> None:
+    print()
+    print(f"Serving benchmark: POST /invocations (dataframe_split), {workers} worker(s) each, wrk {duration:.0f} s per cell, "
+          f"{os.cpu_count()} cores shared by server and wrk")
+    head = (f"{'rows':>4} {'conns':>5} | {'service req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | {'mlflow req/s':>12} "
+            f"{'p50 ms':>7} {'p99 ms':>7} | {'floor req/s':>11} {'p50 ms':>7} {'p99 ms':>7} | {'vs mlflow':>9} {'vs floor':>8}")
+    print(head)
+    print("-" * len(head))
+    for rows in (1, 100):
+        for conns in (1, 8):
+            s, m, f = (results[k][(rows, conns)] for k in ("service", "mlflow", "floor"))
+            print(f"{rows:>4} {conns:>5} | {s['rps']:>13.1f} {s['p50_us'] / 1e3:>7.2f} {s['p99_us'] / 1e3:>7.2f} | "
+                  f"{m['rps']:>12.1f} {m['p50_us'] / 1e3:>7.2f} {m['p99_us'] / 1e3:>7.2f} | "
+                  f"{f['rps']:>11.1f} {f['p50_us'] / 1e3:>7.2f} {f['p99_us'] / 1e3:>7.2f} | "
+                  f"{s['rps'] / m['rps']:>8.1f}x {s['rps'] / f['rps']:>7.2f}x")
+    errors = {k: sum(r["errors"] for r in v.values()) for k, v in results.items()}
+    print(f"errors (socket + non-2xx): service {errors['service']}, mlflow {errors['mlflow']}, floor {errors['floor']}")
+    print("targets: >= 10x mlflow models serve, >= 0.8x the floor")
+    if swap:
+        print()
+        print(f"Swap under load (wrk 8 connections + 1 probing client, {swap['workers']} workers, registry polled, no push):")
+        print(f"  every response on the new version {swap['time_to_all_new_s']:.2f} s after the promotion "
+              f"(first new answer after {swap['first_new_s'] or 0:.2f} s); workers on the new version: "
+              f"{swap['workers_on_new']:.0f}/{swap['workers']}")
+        print(f"  failed requests: {swap['wrk_failed'] + swap['probe_failed']} "
+              f"of {swap['wrk_requests'] + swap['probe_requests']} (target: <= 2 s, 0 failed)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
