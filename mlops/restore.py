@@ -5,10 +5,10 @@ Order: verify and extract the archive → check the target (``--if-exists``) →
 models, versions of one model strictly in order, deleted numbers recreated as placeholder
 versions that are deleted again) → aliases → runs that were deleted in the source are deleted.
 
-Idempotent: a restored run carries ``mlops.restore.source_run_id`` (and ``mlops.restore.partial``
-until it is complete), a restored logged model ``mlops.restore.source_model_id`` (READY once its
-files are uploaded), and a registered model ``mlops.restore.in_progress`` until its versions,
-stages and aliases are all in place, then ``mlops.restore.backup_id``. Re-running the same
+Idempotent: a restored run carries ``mlops.restore.source_run_id`` (valued ``partial:<id>`` until
+its last call has gone through), a restored logged model ``mlops.restore.source_model_id`` (READY
+once its files are uploaded), and a registered model ``mlops.restore.in_progress`` until its
+versions, stages and aliases are all in place, then ``mlops.restore.backup_id``. Re-running the same
 restore skips models already restored from this archive, reuses complete runs and logged models,
 discards partial ones, and rebuilds a half-restored registered model from scratch (the only way to
 reproduce its version counter exactly). Comparisons should ignore the ``mlops.restore.*`` tags.
@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
 PROV_RUN = "mlops.restore.source_run_id"
 PROV_MODEL = "mlops.restore.source_model_id"
-PARTIAL_TAG = "mlops.restore.partial"
+PARTIAL_PREFIX = "partial:"  # value of PROV_RUN until the run is complete
 IN_PROGRESS_TAG = "mlops.restore.in_progress"
 DONE_TAG = "mlops.restore.backup_id"
 MODEL_VERSIONS_TAG = "mlflow.modelVersions"  # written by the tracking server on create_model_version
@@ -125,6 +125,8 @@ class _Restorer:
         self.dataset_locks: dict[tuple, threading.Lock] = {}
         self.datasets_seen: set[tuple] = set()
         self.is_server = _is_rest(client)
+        self.versions_made: dict[str, list[tuple[str, int]]] = {}
+        self.fresh_lms: set[str] = set()
 
     # ---- helpers -------------------------------------------------------------------------
     def tick(self, label: str, n: int = 1) -> None:
@@ -211,8 +213,8 @@ class _Restorer:
             run_view_type=ViewType.ALL, max_results=1000,
         )
         for r in runs:
-            src = r.data.tags.get(PROV_RUN)
-            if PARTIAL_TAG in r.data.tags:
+            src = r.data.tags.get(PROV_RUN) or ""
+            if src.startswith(PARTIAL_PREFIX):
                 if r.info.lifecycle_stage == "active":
                     log.info("discarding partially restored run %s (source %s)", r.info.run_id, src)
                     self.client.delete_run(r.info.run_id)
@@ -243,7 +245,7 @@ class _Restorer:
     def restore_run(self, rec: dict) -> tuple[str, str]:
         c = self.client
         exp_id = self.exp_map[rec["experiment_id"]]
-        tags = {PROV_RUN: rec["run_id"], PARTIAL_TAG: self.backup_id}
+        tags = {PROV_RUN: PARTIAL_PREFIX + rec["run_id"]}
         user = rec["tags"].get("mlflow.user") or rec.get("user_id")
         if user:
             tags["mlflow.user"] = user
@@ -258,8 +260,6 @@ class _Restorer:
             Metric(key, value, int(ts), int(step))
             for key, hist in rec["metrics"].items() for value, ts, step in hist
         ]
-        for m, p, t in metric_batches(metrics, params, rtags):
-            c.log_batch(rid, metrics=m, params=p, tags=t)
         datasets = [
             DatasetInput(
                 Dataset(**{k: d["dataset"].get(k) for k in ("name", "digest", "source_type", "source", "schema", "profile")}),
@@ -272,7 +272,16 @@ class _Restorer:
         self.upload(run.info.artifact_uri, self.folder / "runs" / rec["run_id"] / "artifacts")
         if rec["status"] in TERMINAL:
             c.set_terminated(rid, rec["status"], end_time=rec.get("end_time"))
-        c.delete_tag(rid, PARTIAL_TAG)
+        # Params, metrics and tags last; the final call also marks the run complete.
+        batches = list(metric_batches(metrics, params, rtags)) or [([], [], [])]
+        done_tag = RunTag(PROV_RUN, rec["run_id"])
+        last_m, last_p, last_t = batches[-1]
+        if len(last_t) < MAX_TAGS and len(last_m) + len(last_p) + len(last_t) < MAX_ENTITIES:
+            batches[-1] = (last_m, last_p, [*last_t, done_tag])
+        else:
+            batches.append(([], [], [done_tag]))
+        for m, p, t in batches:
+            c.log_batch(rid, metrics=m, params=p, tags=t)
         return rid, run.info.artifact_uri
 
     # ---- logged models and plain sources --------------------------------------------------
@@ -310,13 +319,24 @@ class _Restorer:
         c.finalize_logged_model(lm.model_id, status)
         return lm.model_id
 
-    def fix_model_versions_tag(self, rec: dict, model_id: str) -> None:
+    def fix_model_versions_tag(self, rec: dict, model_id: str, fresh: bool) -> None:
+        """Make the logged model's mlflow.modelVersions tag what it was in the source.
+
+        A tracking server appends (name, version) for every version created from the model; when
+        the model was created by this restore and that list already matches, nothing is sent.
+        """
         want = rec["tags"].get(MODEL_VERSIONS_TAG)
-        if not self.is_server and want is None:
-            return  # only a tracking server writes the tag
         if not self.is_server:
-            have = (self.client.get_logged_model(model_id).tags or {}).get(MODEL_VERSIONS_TAG)
-            if want == have:
+            if want is not None:  # a direct store never writes it itself
+                self.client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: want})
+            return
+        if fresh:
+            made = [{"name": n, "version": str(v)} for n, v in self.versions_made.get(model_id, [])]
+            try:
+                wanted = [{"name": e["name"], "version": str(e["version"])} for e in json.loads(want or "[]")]
+            except (ValueError, TypeError, KeyError):
+                wanted = None
+            if made == wanted:
                 return
         if want is None:
             try:
@@ -365,6 +385,9 @@ class _Restorer:
         numbers = sorted(versions)
         placeholders = 0
         placeholder_lm = None
+        # Writes on a model this restore just created skip MlflowClient's per-call prompt check
+        # (one extra read each) by going to the registry client directly.
+        reg = getattr(c, "_get_registry_client", lambda: c)()
         for n in range(1, int(m["max_version"]) + 1):
             v = versions.get(n)
             if v is not None:
@@ -374,11 +397,12 @@ class _Restorer:
                     run_link=v.get("run_link"), description=v["description"] or None,
                     model_id=args.get("model_id"), await_creation_for=0,
                 )
+                if args.get("model_id"):
+                    with self.dataset_lock:
+                        self.versions_made.setdefault(args["model_id"], []).append((name, n))
             else:
-                donor = next((k for k in numbers if k > n), numbers[-1] if numbers else None)
-                if donor is not None:
-                    args = self.version_args(versions[donor])
-                else:
+                args = self.placeholder_args(versions, numbers, n)
+                if args is None:
                     placeholder_lm = placeholder_lm or self._placeholder_model()
                     args = {"source": f"models:/{placeholder_lm}", "model_id": placeholder_lm, "run_id": None}
                 mv = c.create_model_version(name, args["source"], run_id=args.get("run_id"),
@@ -386,19 +410,35 @@ class _Restorer:
             if int(mv.version) != n:
                 raise RestoreError(f"{name}: expected to create version {n} but MLflow created {mv.version}")
             if v is None:
-                c.delete_model_version(name, str(n))
+                reg.delete_model_version(name, str(n))
                 placeholders += 1
             elif v["stage"] not in ("None", "", None):
                 with registry.stage_api():
-                    c.transition_model_version_stage(name, str(n), v["stage"], archive_existing_versions=False)
+                    reg.transition_model_version_stage(name, str(n), v["stage"], archive_existing_versions=False)
             self.tick(f"{name} v{n}")
         for alias, ver in sorted(m["aliases"].items()):
-            c.set_registered_model_alias(name, alias, str(ver))
+            reg.set_registered_model_alias(name, alias, str(ver))
         if placeholder_lm:
             c.delete_logged_model(placeholder_lm)
-        c.set_registered_model_tag(name, DONE_TAG, self.backup_id)
-        c.delete_registered_model_tag(name, IN_PROGRESS_TAG)
+        reg.set_registered_model_tag(name, DONE_TAG, self.backup_id)
+        reg.delete_registered_model_tag(name, IN_PROGRESS_TAG)
         return placeholders
+
+    def placeholder_args(self, versions: dict, numbers: list[int], n: int) -> dict | None:
+        """Source for a placeholder version: a path under a restored run's artifacts.
+
+        The version is deleted right away; pointing it at a run (not at a logged model) keeps
+        the logged models' version lists clean. None when no version of the model has a run.
+        """
+        order = [k for k in numbers if k > n] + [k for k in reversed(numbers) if k < n]
+        for k in order:
+            rid = versions[k].get("run_id")
+            if rid in self.run_map:
+                return {"source": f"{self.run_uri[rid].rstrip('/')}/mlops-placeholder", "run_id": self.run_map[rid]}
+        for k in order:
+            if versions[k]["source_info"]["kind"] in ("logged_model", "files"):
+                return self.version_args(versions[k])
+        return None
 
     def _placeholder_model(self) -> str:
         exp_id = config.ensure_experiment(self.client, "Default")
@@ -544,6 +584,7 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
                 r.failures.append(f"logged model {mid}: {err}")
             else:
                 r.lm_map[mid] = out
+                r.fresh_lms.add(out)
                 result.logged_models_created += 1
         src_versions = dict(source_keys)
         todo = []
@@ -592,7 +633,7 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
         # model's mlflow.modelVersions tag: put the tag back to what the source had.
         for mid, new_id in sorted(r.lm_map.items()):
             try:
-                r.fix_model_versions_tag(lm_recs[mid], new_id)
+                r.fix_model_versions_tag(lm_recs[mid], new_id, new_id in r.fresh_lms)
             except MlflowException as exc:
                 r.failures.append(f"logged model {mid}: cannot reset {MODEL_VERSIONS_TAG}: {_msg(exc)}")
 

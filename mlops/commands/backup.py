@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import sys
 from pathlib import Path
 
@@ -26,6 +28,12 @@ def _size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def _http_pool() -> None:
+    """Enough pooled connections for the parallel transfers (before MLflow opens its session)."""
+    os.environ.setdefault("MLFLOW_HTTP_POOL_MAXSIZE", "32")
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
 class _Bar:
@@ -87,6 +95,8 @@ def backup(out: Path | None, models: str | None, verify: Path | None, backend_st
         return
     from mlops.backup import backup as run_backup
 
+    _http_pool()
+
     client = registry.get_client(tracking_uri)
     bar = _Bar("backing up")
     try:
@@ -122,6 +132,8 @@ def restore(archive: Path, models: str | None, dry_run: bool, if_exists: str, wo
     """
     from mlops.restore import RestoreError
     from mlops.restore import restore as run_restore
+
+    _http_pool()
 
     client = registry.get_client(tracking_uri)
     bar = _Bar("restoring")
