@@ -62,7 +62,7 @@ def build(runtime, settings) -> dict[str, Any]:
         "required": ["columns", "data"],
         "additionalProperties": False,
         "properties": {
-            "columns": {"type": "array", "items": {"type": "string"}, "example": columns or None},
+            "columns": {"type": "array", "items": {"type": "string"}, **({"example": columns} if columns else {})},
             "data": {"type": "array", "minItems": 1, "items": row_array},
             "index": {"type": "array", "items": {}},
         },
@@ -79,7 +79,7 @@ def build(runtime, settings) -> dict[str, Any]:
         "required": True,
         "content": {
             "application/json": {"schema": {"$ref": "#/components/schemas/ScoringRequest"}},
-            "text/csv": {"schema": {"type": "string"}, "example": ",".join(columns) + "\n" if columns else None},
+            "text/csv": {"schema": {"type": "string"}, **({"example": ",".join(columns) + "\n"} if columns else {})},
         },
     }
     prediction_errors = {
