@@ -159,7 +159,7 @@ def decode_json(body: bytes) -> dict:
     except orjson.JSONDecodeError as exc:
         try:  # MLflow's parser also accepts NaN/Infinity literals; reject them later, by column
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise InputError("MALFORMED_JSON", f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise InputError(
@@ -421,6 +421,8 @@ def _parse_csv(body: bytes, spec: InputSpec, build_frame: bool) -> ParsedInput:
         raise InputError("MALFORMED_CSV", f"cannot parse CSV: {_first_line(exc)}") from None
     if len(frame) == 0:
         raise InputError("EMPTY_INPUT", "CSV holds a header but no rows")
+    if sorted(map(str, frame.columns)) != sorted(cols):
+        raise InputError("MALFORMED_CSV", "cannot read the CSV header consistently (quoting, blank lines?)")
     required = [s.name for s in spec.specs if s.required]
     nulls = frame[required].isna().any()
     if nulls.any():
@@ -448,7 +450,10 @@ def _jtype(value: Any) -> str:
 
 
 def _short(value: Any) -> str:
-    text = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode() if not isinstance(value, bytes) else repr(value)
+    try:
+        text = orjson.dumps(value).decode()
+    except (TypeError, orjson.JSONEncodeError):
+        text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema
 
@@ -216,3 +218,64 @@ def test_settings_never_show_tokens():
                            "MLFLOW_TRACKING_URI": "postgresql://u:pw@db/mlflow"})
     text = repr(s) + json.dumps(s.public())
     assert "s3cret" not in text and ":pw@" not in text
+
+
+# -- no input can make the parser fail other than with InputError ----------------------------------
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=True, allow_infinity=True) | st.integers()
+    | st.integers(min_value=2**63, max_value=2**70) | st.text(max_size=5) | st.sampled_from(COLS),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5) | st.sampled_from(COLS), children, max_size=4),
+    max_leaves=20,
+)
+cells = st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(), st.none(), st.booleans(),
+                  st.text(max_size=3), st.lists(st.floats(), max_size=2), st.integers(min_value=2**64, max_value=2**80))
+columns = st.lists(st.sampled_from([*COLS, "other"]), max_size=5)
+
+
+@st.composite
+def payloads(draw) -> bytes:
+    cols = draw(columns)
+    rows = draw(st.lists(st.lists(cells, min_size=max(0, len(cols) - 1), max_size=len(cols) + 1), max_size=3))
+    key = draw(st.sampled_from(["dataframe_split", "dataframe_records", "instances", "inputs", "other"]))
+    shape = draw(st.sampled_from(["split", "records", "rows", "columns", "raw"]))
+    if shape == "split":
+        data = {"columns": cols, "data": rows}
+    elif shape == "records":
+        data = [dict(zip(cols, r, strict=False)) for r in rows]
+    elif shape == "rows":
+        data = rows
+    elif shape == "columns":
+        data = {c: [r[i] if i < len(r) else None for r in rows] for i, c in enumerate(cols)}
+    else:
+        data = draw(json_values)
+    obj = {key: data}
+    if draw(st.booleans()):
+        obj["params"] = draw(json_values)
+    return json.dumps(obj).encode()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payload=payloads() | st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_any_json_body_is_parsed_or_refused_with_an_input_error(payload):
+    for s in (spec(), spec(required=(True, False, True)), spec(types=("double", "string", "long"))):
+        try:
+            parsed = inputs.parse(payload, "json", s)
+        except InputError as exc:
+            assert 400 <= exc.status < 500 and exc.message
+            continue
+        assert parsed.rows > 0
+        if parsed.array is not None:
+            assert parsed.array.shape == (parsed.rows, 3)
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(max_size=120), header=st.booleans())
+def test_any_csv_body_is_parsed_or_refused_with_an_input_error(text, header):
+    payload = ((",".join(COLS) + "\n") if header else "") + text
+    try:
+        parsed = inputs.parse(payload.encode(), "csv", spec())
+    except InputError as exc:
+        assert 400 <= exc.status < 500
+    else:
+        assert parsed.array.shape == (parsed.rows, 3) and np.isfinite(parsed.array).all()
