@@ -204,10 +204,17 @@ def _stop_entry(name: str, entry: dict, timeout: float = 40) -> bool:
     left = _members(entry)
     if not left:
         log.info("%s stopped in %.1fs", name, time.monotonic() - began)
+        return True
     for pid in left:
         log.warning("%s: pid %d still running after %.0fs, killing it", name, pid, timeout)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _members(entry):
+        time.sleep(0.1)
+    if _members(entry):
+        raise StackError(f"{name}: could not stop pid(s) {', '.join(map(str, _members(entry)))} "
+                         "(started by another user?)")
     return True
 
 
