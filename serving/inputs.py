@@ -208,7 +208,10 @@ def parse(body: bytes, kind: str, spec: InputSpec, build_frame: bool = False) ->
     if n == 0:
         raise InputError("EMPTY_INPUT", f"{fmt} holds no rows")
     if spec.uniform and not build_frame:
-        return ParsedInput(_to_array(rows, spec), None, params, n, fmt)
+        # JSON booleans are the only values numpy would silently take for numbers: without the
+        # tokens in the body, numpy's own type inference is an exact type check.
+        maybe_bool = b"true" in body or b"false" in body
+        return ParsedInput(_to_array(rows, spec, maybe_bool), None, params, n, fmt)
     _check_values(rows, spec)
     return ParsedInput(None, _to_frame(rows, spec), params, n, fmt)
 
@@ -318,8 +321,22 @@ def _columnar_rows(data: dict, spec: InputSpec, fmt: str) -> list:
     return list(zip(*cols, strict=True))
 
 
-def _to_array(rows: list, spec: InputSpec) -> np.ndarray:
+def _to_array(rows: list, spec: InputSpec, maybe_bool: bool = True) -> np.ndarray:
     """Rows (in signature order) → a column-major array of the signature dtype."""
+    if not maybe_bool and spec.all_required and spec.dtype.kind == "f":
+        # Fast: numpy infers float64/int64 only when every value is a JSON number (strings give
+        # '<U', null gives object, nested lists another shape), so that is the type check.
+        try:
+            arr = np.array(rows)
+        except (ValueError, TypeError, OverflowError):
+            arr = None
+        if arr is not None and arr.ndim == 2 and arr.dtype.kind in "fi" and arr.shape[1] == len(spec.columns):
+            if arr.dtype != np.float64:
+                arr = arr.astype(np.float64)
+            if spec.dtype != np.float64:
+                arr = arr.astype(spec.dtype)
+            _check_finite(arr, spec)
+            return np.asfortranarray(arr)
     ctype = spec.specs[0].type
     allowed = _ALLOWED[ctype]
     if not spec.all_required:
