@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -79,6 +80,7 @@ def build_registry(uri: str, mdir: Path, pdir: Path, metrics: dict, n_models: in
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(tracking_uri=uri)
     exps = [client.create_experiment(f"bench-exp-{i}") for i in range(3)]
+    inputs_lock = threading.Lock()
     dataset = Dataset(name="breast_cancer", digest="7ff6fd89", source_type="local",
                       source='{"uri": "sklearn:breast_cancer"}', schema=None, profile='{"num_rows": 569}')
 
@@ -99,7 +101,8 @@ def build_registry(uri: str, mdir: Path, pdir: Path, metrics: dict, n_models: in
             ms = [Metric(k, v, t0, 0) for k, v in metrics.items()]
             ms += [Metric("loss", 1.0 / (s + 1), t0 + s, s) for s in range(20)]
             client.log_batch(rid, metrics=ms, params=params)
-            client.log_inputs(rid, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
+            with inputs_lock:  # concurrent first use of a dataset trips MLflow's unique constraint
+                client.log_inputs(rid, datasets=[DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
             client.log_artifacts(rid, str(pdir), "plots")
             client.set_terminated(rid, "FINISHED", end_time=t0 + 1500)
             lm = client.create_logged_model(exp, name="model", source_run_id=rid,
@@ -110,7 +113,7 @@ def build_registry(uri: str, mdir: Path, pdir: Path, metrics: dict, n_models: in
             client.create_model_version(
                 name, f"models:/{lm.model_id}", run_id=rid, model_id=lm.model_id,
                 tags={"accuracy": f"{metrics['accuracy']:.4f}", "n": str(n)},
-                description=f"Version {n} of {name}.",
+                description=f"Version {n} of {name}.", await_creation_for=0,
             )
         with registry.stage_api():
             for n, stage in STAGES.items():
@@ -158,11 +161,12 @@ def install_anchor(folder: Path) -> tuple[Path | None, str]:
     """pip install the anchor into a throwaway --target folder; (site dir or None, note)."""
     site = folder / "anchor-site"
     cmd = [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps",
-           "--target", str(site), ANCHOR_PIN, "shortuuid"]
+           "--target", str(site), ANCHOR_PIN, "shortuuid", "tabulate"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         return None, f"pip install {ANCHOR_PIN} failed: {(proc.stderr or proc.stdout).strip().splitlines()[-1:]}"
-    return site, f"{ANCHOR_PIN} installed with --no-deps into a throwaway folder (it uses this venv's MLflow {mlflow_version()})"
+    return site, (f"{ANCHOR_PIN} (+ shortuuid, tabulate, which it imports) installed with --no-deps into a "
+                  f"throwaway folder; it runs on this venv's MLflow {mlflow_version()}")
 
 
 def mlflow_version() -> str:
@@ -243,8 +247,14 @@ def main() -> int:
                         f"identical numbers/stages/aliases: {'yes' if got == shape else 'NO'}")
                     if i_rc == 0:
                         measured = (e_s, i_s)
+                    else:
+                        note = f"its import failed after {i_s:.1f} s"
+                        say(f"export leg, measured in this run: export-import {e_s:.1f} s / mlops backup {b_s:.1f} s "
+                            f"= {e_s / b_s:.1f}x")
+                        say(f"import leg: export-import stopped after {i_s:.1f} s with {restored}/{n_versions} "
+                            f"versions; mlops restore finished in {r_s:.1f} s")
                 else:
-                    note = "export failed (see above)"
+                    note = "its export failed (see above)"
         if measured:
             total = sum(measured)
             say(f"ratio (measured in this run): export-import {total:.1f} s / mlops {ours:.1f} s = {total / ours:.1f}x")
@@ -258,5 +268,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    import logging
+    import warnings
+
+    warnings.simplefilter("ignore")
+    logging.basicConfig(level=logging.WARNING)
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     sys.exit(main())

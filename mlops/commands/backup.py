@@ -84,9 +84,7 @@ def backup(out: Path | None, models: str | None, verify: Path | None, backend_st
             fail("--verify checks an existing archive; it takes no --out, --models or --backend-store-uri")
         from mlops.archive import verify_archive
 
-        bar = _Bar("verifying")
         manifest = verify_archive(verify)
-        bar.close()
         click.echo(
             f"archive OK: {verify} — {len(manifest['files']) + 1} files match the manifest; "
             f"backup {manifest.get('backup_id')} created {manifest.get('created')} with MLflow "
