@@ -74,15 +74,28 @@ def wrk(url: str, body: Path, connections: int, duration: float, lua: Path) -> d
     raise RuntimeError(f"wrk gave no result:\n{out.stdout}\n{out.stderr}")
 
 
-def measure(name: str, url: str, bodies: dict[int, Path], duration: float, lua: Path) -> dict:
-    results = {}
+def measure(targets: dict[str, str], bodies: dict[int, Path], duration: float, rounds: int, lua: Path) -> dict:
+    """Every cell (rows x connections) for every target, interleaved round by round.
+
+    The machine is shared, so its load drifts: running the targets one after the other within each
+    round, and keeping the median of the rounds, keeps that drift out of the ratios.
+    """
+    runs: dict = {name: {} for name in targets}
     for rows, body in bodies.items():
-        wrk(url, body, 8, 2, lua)  # warm-up
+        for url in targets.values():
+            wrk(url, body, 8, 2, lua)  # warm-up
         for conns in (1, 8):
-            r = wrk(url, body, conns, duration, lua)
-            results[(rows, conns)] = r
-            log(f"{name:<22} rows={rows:<3} c={conns}: {r['rps']:8.1f} req/s  p50 {r['p50_us'] / 1000:7.2f} ms  "
-                f"p99 {r['p99_us'] / 1000:7.2f} ms  errors {r['errors']}")
+            for rnd in range(rounds):
+                for name, url in targets.items():
+                    r = wrk(url, body, conns, duration, lua)
+                    runs[name].setdefault((rows, conns), []).append(r)
+                    log(f"round {rnd + 1}/{rounds} {name:<7} rows={rows:<3} c={conns}: {r['rps']:8.1f} req/s  "
+                        f"p50 {r['p50_us'] / 1000:7.2f} ms  p99 {r['p99_us'] / 1000:7.2f} ms  errors {r['errors']}")
+    results: dict = {name: {} for name in targets}
+    for name, cells in runs.items():
+        for cell, rs in cells.items():
+            med = sorted(rs, key=lambda r: r["rps"])[len(rs) // 2]
+            results[name][cell] = {**med, "errors": sum(r["errors"] for r in rs)}
     return results
 
 
@@ -179,7 +192,8 @@ def swap_under_load(uri: str, tmp: Path, workers: int, bodies: dict[int, Path], 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=2, help="workers for every server (default 2)")
-    p.add_argument("--duration", type=float, default=10, help="seconds per wrk run (default 10)")
+    p.add_argument("--duration", type=float, default=5, help="seconds per wrk run (default 5)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell; the median is kept (default 3)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     p.add_argument("--skip-swap", action="store_true", help="skip the swap-under-load measurement")
     args = p.parse_args()
@@ -200,41 +214,40 @@ def main() -> int:
 
         model_dir = download_version(MODEL, "1", tmp / "floor-model", uri)
         w = args.workers
-        results = {}
+        targets = {}
 
         # (a) this service
         port = free_port()
         env = clean_env(MLFLOW_TRACKING_URI=uri, PORT=port, HOST="127.0.0.1", WORKERS=w,
                         MODEL_CACHE_DIR=tmp / "models", LOG_DIR=tmp / "logs")
-        svc = start([str(BIN / "mlops"), "serve"], env, tmp / "serving.log", f"http://127.0.0.1:{port}/ready")
-        services.append(svc)
-        results["service"] = measure("this service", f"http://127.0.0.1:{port}/invocations", bodies, args.duration, lua)
-        svc.stop()
+        services.append(start([str(BIN / "mlops"), "serve"], env, tmp / "serving.log", f"http://127.0.0.1:{port}/ready"))
+        targets["service"] = f"http://127.0.0.1:{port}/invocations"
 
         # (b) mlflow models serve, same worker count
         port = free_port()
         env = clean_env(MLFLOW_TRACKING_URI=uri)
-        svc = start([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}/Production", "--env-manager",
-                     "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(w)], env, tmp / "mlflow.log",
-                    f"http://127.0.0.1:{port}/ping")
-        services.append(svc)
-        results["mlflow"] = measure("mlflow models serve", f"http://127.0.0.1:{port}/invocations", bodies,
-                                    args.duration, lua)
-        svc.stop()
+        services.append(start([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{MODEL}/Production",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(w)],
+                              env, tmp / "mlflow.log", f"http://127.0.0.1:{port}/ping"))
+        targets["mlflow"] = f"http://127.0.0.1:{port}/invocations"
 
         # (c) the floor: same gunicorn worker settings as the service
         port = free_port()
         env = clean_env(FLOOR_MODEL_PATH=model_dir)
-        svc = start([str(BIN / "gunicorn"), "--no-control-socket", "-w", str(w), "-k", "gthread", "--threads", "1",
-                     "--keep-alive", "5", "-b", f"127.0.0.1:{port}", "--chdir", str(ROOT / "scripts"),
-                     "bench_floor_app:app"], env, tmp / "floor.log", f"http://127.0.0.1:{port}/ping")
-        services.append(svc)
-        results["floor"] = measure("floor (Flask+numpy)", f"http://127.0.0.1:{port}/invocations", bodies,
-                                   args.duration, lua)
-        svc.stop()
+        services.append(start([str(BIN / "gunicorn"), "--no-control-socket", "-w", str(w), "-k", "gthread",
+                               "--threads", "1", "--keep-alive", "5", "-b", f"127.0.0.1:{port}",
+                               "--chdir", str(ROOT / "scripts"), "bench_floor_app:app"],
+                              env, tmp / "floor.log", f"http://127.0.0.1:{port}/ping"))
+        targets["floor"] = f"http://127.0.0.1:{port}/invocations"
+
+        log(f"all three up; {args.rounds} interleaved rounds of {args.duration:.0f} s per cell")
+        results = measure(targets, bodies, args.duration, args.rounds, lua)
+        for svc in services:
+            svc.stop()
+        services.clear()
 
         swap = None if args.skip_swap else swap_under_load(uri, tmp, w, bodies, lua)
-        report(results, swap, w, args.duration)
+        report(results, swap, w, args.duration, args.rounds)
     finally:
         for svc in services:
             svc.stop()
@@ -245,10 +258,10 @@ def main() -> int:
     return 0
 
 
-def report(results: dict, swap: dict | None, workers: int, duration: float) -> None:
+def report(results: dict, swap: dict | None, workers: int, duration: float, rounds: int) -> None:
     print()
-    print(f"Serving benchmark: POST /invocations (dataframe_split), {workers} worker(s) each, wrk {duration:.0f} s per cell, "
-          f"{os.cpu_count()} cores shared by server and wrk")
+    print(f"Serving benchmark: POST /invocations (dataframe_split), {workers} worker(s) each, "
+          f"median of {rounds} interleaved {duration:.0f} s wrk runs per cell, {os.cpu_count()} cores shared by servers and wrk")
     head = (f"{'rows':>4} {'conns':>5} | {'service req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | {'mlflow req/s':>12} "
             f"{'p50 ms':>7} {'p99 ms':>7} | {'floor req/s':>11} {'p50 ms':>7} {'p99 ms':>7} | {'vs mlflow':>9} {'vs floor':>8}")
     print(head)

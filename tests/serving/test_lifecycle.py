@@ -198,5 +198,8 @@ def test_registry_outage_keeps_serving_and_a_restart_starts_from_cache(served):
         assert info["aliases"] == ["production"]
         r = requests.post(url2 + "/invocations", data=ROW, headers=HEADERS, timeout=10)
         assert r.status_code == 200 and r.headers["X-Model-Version"] == version and r.json()["predictions"] == [0]
+        # no ADMIN_TOKEN on this one: reload is disabled, whatever the caller sends
+        r = requests.post(url2 + "/api/model/reload", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=30)
+        assert r.status_code == 403 and r.json()["error_code"] == "ADMIN_DISABLED"
     cache = served.tmp / "models" / MODEL
     assert (cache / "current").is_file() and (cache / version / "MLmodel").is_file()

@@ -17,7 +17,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sklearn.datasets import load_breast_cancer
 
-from tests.helpers import BIN, Service, clean_env, free_port, start_serving
+from tests.helpers import BIN, Service, clean_env, free_port, run, sqlite_uri, start_serving
 from tests.serving.conftest import MODEL, tracking
 
 pytestmark = pytest.mark.slow
@@ -305,3 +305,11 @@ def test_chunked_body_within_the_limit_is_read(env, frame):
     r = requests.post(env.url + "/invocations", data=chunks, headers=JSON, timeout=30)
     assert r.status_code == 200, r.text
     assert len(r.json()["predictions"]) == 20
+
+
+def test_mlops_serve_refuses_bad_settings_in_one_line(tmp_path):
+    proc = run([str(BIN / "mlops"), "serve", "--port", str(free_port())], check=False, timeout=120,
+               env=clean_env(MLFLOW_TRACKING_URI=sqlite_uri(tmp_path), MODEL_STAGE="Production", MODEL_ALIAS="champion"))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == "error: set only one of MODEL_STAGE or MODEL_ALIAS (got both)"
+    assert "Traceback" not in proc.stderr
