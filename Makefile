@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 PIP_VERSION        := 26.3
 SETUPTOOLS_VERSION := 84.2.1
 
-.PHONY: help install audit weekly monthly run stop train ui serve status test test-fast lint bench bench-backup drill audit weekly monthly clean
+.PHONY: help install audit weekly monthly drill run stop train ui serve status test test-fast lint bench bench-backup drill audit weekly monthly clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -78,3 +78,6 @@ weekly: $(STAMP) ## weekly checks: ERROR lines in the logs, disk use, backups pr
 
 monthly: $(STAMP) ## monthly checks: outdated dependencies, vulnerability audit, resource use
 	@scripts/maintenance.sh monthly
+
+drill: $(STAMP) ## disaster-recovery drill on a throwaway local stack: backup, destroy, restore, compare
+	@$(BIN)/python scripts/dr_drill
