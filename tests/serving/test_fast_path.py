@@ -103,3 +103,38 @@ def test_pyfunc_fallback_gives_the_same_answers(trained_store, tmp_path, frame):
         fast = native.predict(native.parse(payload, kind), with_proba=True)
         assert bits_equal(slow.labels, fast.labels)
         assert bits_equal(slow.proba, fast.proba)
+
+
+def _local_copy(trained_store, folder):
+    return download_version(MODEL, "1", folder / "1", trained_store.uri)
+
+
+def test_a_model_without_input_example_is_smoke_tested_on_a_synthetic_row(trained_store, tmp_path):
+    from mlflow.models import Model
+
+    path = _local_copy(trained_store, tmp_path)
+    mlmodel = Model.load(str(path / "MLmodel"))
+    mlmodel.saved_input_example_info = None
+    mlmodel.save(str(path / "MLmodel"))
+    for name in ("input_example.json", "serving_input_example.json"):
+        (path / name).unlink()
+    rt = ModelRuntime.load(path, VersionMeta(MODEL, "1", "stage:Production"))
+    assert rt.fast and rt.loaded.input_example.shape == (1, 30)
+
+
+def test_a_model_failing_its_smoke_test_is_refused(trained_store, tmp_path):
+    from mlops.model_io import ModelLoadError
+
+    path = _local_copy(trained_store, tmp_path)
+    example = json.loads((path / "input_example.json").read_text())
+    example["columns"].pop(0)  # a column the model needs
+    for row in example["data"]:
+        row.pop(0)
+    (path / "input_example.json").write_text(json.dumps(example))
+    with pytest.raises(ModelLoadError) as info:
+        ModelRuntime.load(path, VersionMeta(MODEL, "1", "stage:Production"))
+    assert info.value.phase == "smoke_test"
+
+    (path / "input_example.json").write_text("{not json")  # declared but unreadable: refused too
+    with pytest.raises(ModelLoadError, match="input example"):
+        ModelRuntime.load(path, VersionMeta(MODEL, "1", "stage:Production"))
