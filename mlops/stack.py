@@ -699,6 +699,35 @@ def up(s: Settings) -> Running:
         return Running(s.stack_dir, s.ports, s.auth, started, list(running), details)
 
 
+def stop_components(stack_dir: Path, names: list[str]) -> list[str]:
+    """Stop the named components only (data kept); return those that were running."""
+    unknown = [n for n in names if n not in COMPONENTS]
+    if unknown:
+        raise StackError(f"unknown component(s): {', '.join(unknown)} (use {', '.join(COMPONENTS)})")
+    stopped = []
+    with _locked(stack_dir):
+        state = load_state(stack_dir)
+        components = state.get("components", {})
+        for name in reversed(COMPONENTS):
+            if name in names and components.get(name):
+                if _stop_entry(name, components[name]):
+                    stopped.append(name)
+                components.pop(name, None)
+        if state:
+            _save_state(stack_dir, state)
+    return stopped
+
+
+def restart(stack_dir: Path, names: list[str], timeout: float = 180.0) -> Running:
+    """Stop the named components and start them again on the same ports with the same data."""
+    state = load_state(stack_dir)
+    if not state:
+        raise StackError(f"no stack in {stack_dir} (start one: mlops stack up)")
+    stop_components(stack_dir, names)
+    return up(Settings(stack_dir=stack_dir, ports=dict(state["ports"]), auth=bool(state.get("auth")),
+                       serving=state.get("serving", True), bucket=state.get("bucket", "mlflow"), timeout=timeout))
+
+
 def down(stack_dir: Path, purge: bool = False) -> list[str]:
     """Stop the processes `up` started (reverse order); keep the data unless ``purge``."""
     if not stack_dir.is_dir():

@@ -5,26 +5,26 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 BIN=${BIN:-.venv/bin}
 LOG_DIR=${LOG_DIR:-logs}
+BACKUP_DIR=${BACKUP_DIR:-backups}
 status=0
 
 section() { printf '\n== %s\n' "$*"; }
 
 weekly() {
-  section "ERROR lines in the service logs (last 7 days of $LOG_DIR/app.log*, .run/*.log)"
-  errors=$(find "$LOG_DIR" .run -maxdepth 1 -name '*.log*' -mtime -7 -type f 2>/dev/null \
-           | xargs -r grep -h '"level":"ERROR"\|ERROR' 2>/dev/null | tail -20)
+  section "ERROR lines in the service log (last 7 days: $LOG_DIR/app.log*)"
+  errors=$("$BIN/mlops" logs --log-dir "$LOG_DIR" --since 7d --level ERROR -n 20 --quiet-empty)
   if [ -n "$errors" ]; then echo "$errors"; status=1; else echo "none"; fi
 
   section "disk use"
-  du -sh mlruns models logs backups .stack 2>/dev/null || true
+  du -sh mlruns models "$LOG_DIR" "$BACKUP_DIR" .stack 2>/dev/null || true
   df -h . | tail -1
 
   section "backups"
-  newest=$(ls -1t backups/registry-*.tar.gz 2>/dev/null | head -1)
+  newest=$(ls -1t "$BACKUP_DIR"/registry-*.tar.gz 2>/dev/null | head -1)
   if [ -z "$newest" ]; then
-    echo "no backup in backups/ — run: mlops backup"; status=1
+    echo "no backup in $BACKUP_DIR/ — run: scripts/cron_backup.sh"; status=1
   else
-    ls -la backups/ | tail -5
+    ls -la "$BACKUP_DIR"/ | tail -5
     "$BIN/mlops" backup --verify "$newest" || status=1
   fi
 }

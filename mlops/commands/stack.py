@@ -130,6 +130,43 @@ def status_cmd(stack_dir, as_json) -> None:
         sys.exit(1)
 
 
+@stack_group.command("restart")
+@click.argument("components", nargs=-1)
+@click.option("--dir", "stack_dir", default=None, help=DIR_HELP)
+@click.option("--timeout", type=float, default=180, show_default=True, help="Seconds each component gets to become healthy.")
+def restart_cmd(components, stack_dir, timeout) -> None:
+    """Restart COMPONENTS (default: serving) on the same ports with the same data.
+
+    Components: postgres, s3, mlflow, serving. Serving comes back from its model cache at once and
+    re-checks the registry; the tracking server's data lives in PostgreSQL and S3.
+    """
+    folder = _dir(stack_dir)
+    names = list(components) or ["serving"]
+    try:
+        running = st.restart(folder, names, timeout=timeout)
+    except st.StackError as exc:
+        _fail(exc)
+    for name in names:
+        click.echo(f"  {name:<9} restarted        {running.details.get(name, '')}")
+
+
+@stack_group.command("env")
+@click.option("--dir", "stack_dir", default=None, help=DIR_HELP)
+@click.option("--with-secrets", is_flag=True, help="Also export ADMIN_TOKEN (serving's admin token).")
+def env_cmd(stack_dir, with_secrets) -> None:
+    """Print `export` lines for a shell pointed at the stack: eval "$(mlops stack env)"."""
+    folder = _dir(stack_dir)
+    state = st.load_state(folder)
+    if not state:
+        _fail(st.StackError(f"no stack in {folder} (start one: mlops stack up)"))
+    for line in st.export_lines(state):
+        click.echo(line)
+    click.echo(f"export SERVING_URL=http://{st.HOST}:{state['ports']['serving']}")
+    click.echo(f"export MLOPS_STACK_DIR={folder}")
+    if with_secrets:
+        click.echo(f"export ADMIN_TOKEN={st.load_secrets(folder)['admin_token']}")
+
+
 def register(cli) -> None:
     """Attach the `stack` group."""
     cli.add_command(stack_group)
