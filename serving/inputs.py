@@ -235,12 +235,15 @@ def _split_rows(data: Any, spec: InputSpec) -> list:
     if tuple(columns) == spec.columns:
         return rows
     perm = _permutation(columns, spec)
+    if None in perm:  # an optional column left out: a missing value in every row
+        return [[r[i] if i is not None else None for i in perm] for r in rows]
     getter = itemgetter(*perm)
     return [getter(r) for r in rows] if len(perm) > 1 else [[r[perm[0]]] for r in rows]
 
 
-def _permutation(columns: list[str], spec: InputSpec) -> list[int]:
-    """Positions of the signature's columns in ``columns``; InputError for missing/extra/dupes."""
+def _permutation(columns: list[str], spec: InputSpec) -> list[int | None]:
+    """Positions of the signature's columns in ``columns`` (None: an absent optional column);
+    InputError for missing required, extra or duplicate columns."""
     seen: dict[str, int] = {}
     dupes = []
     for i, c in enumerate(columns):
@@ -250,7 +253,7 @@ def _permutation(columns: list[str], spec: InputSpec) -> list[int]:
     if dupes:
         raise InputError("DUPLICATE_COLUMNS", f"duplicate column(s): {_names(dupes)}")
     _check_column_names(set(columns), spec)
-    return [seen[c] for c in spec.columns]
+    return [seen.get(c) for c in spec.columns]
 
 
 def _check_column_names(given: set, spec: InputSpec) -> None:

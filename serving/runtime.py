@@ -13,6 +13,7 @@ Two prediction paths:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import threading
@@ -203,7 +204,7 @@ class ModelRuntime:
         data = parsed.frame if parsed.frame is not None else parsed.array
         params = parsed.params if (self.spec is None or self.spec.has_params) else None
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _sklearn_checks_on():
                 warnings.simplefilter("ignore")
                 labels = self.loaded.pyfunc.predict(data, params=params) if params else self.loaded.pyfunc.predict(data)
         except MlflowException as exc:
@@ -214,7 +215,7 @@ class ModelRuntime:
         sk = self.loaded.sklearn_model
         if with_proba and sk is not None and hasattr(sk, "predict_proba") and parsed.frame is not None:
             try:
-                with warnings.catch_warnings():
+                with warnings.catch_warnings(), _sklearn_checks_on():
                     warnings.simplefilter("ignore")
                     proba = sk.predict_proba(parsed.frame)
             except Exception:  # noqa: BLE001 - probabilities are optional
@@ -304,6 +305,16 @@ class ModelRuntime:
                 except (TypeError, ValueError):
                     out[key] = raw
         return out
+
+
+def _sklearn_checks_on():
+    """scikit-learn's own finiteness checks back on in this thread (the native path of another
+    model may have turned them off here); a no-op context when it never did."""
+    if not getattr(_tls, "assume_finite", False):
+        return contextlib.nullcontext()
+    import sklearn
+
+    return sklearn.config_context(assume_finite=False)
 
 
 def _synthetic_example(loaded: LoadedModel):

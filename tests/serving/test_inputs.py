@@ -138,6 +138,9 @@ def test_optional_columns_accept_missing_values():
     assert np.isnan(parsed.array[0, 1])
     records = body({"dataframe_records": [{"mean radius": 1.0, "worst area": 2.0}]})
     assert np.isnan(inputs.parse(records, "json", s).array[0, 1])
+    split = body({"dataframe_split": {"columns": ["worst area", "mean radius"], "data": [[2.0, 1.0]]}})
+    arr = inputs.parse(split, "json", s).array
+    assert arr[0, 0] == 1.0 and np.isnan(arr[0, 1]) and arr[0, 2] == 2.0
     with pytest.raises(InputError, match="MISSING|missing"):
         inputs.parse(one_row([None, 1.0, 3.0]), "json", s)
 
