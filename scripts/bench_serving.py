@@ -262,6 +262,8 @@ def report(results: dict, swap: dict | None, workers: int, duration: float, roun
     print()
     print(f"Serving benchmark: POST /invocations (dataframe_split), {workers} worker(s) each, "
           f"median of {rounds} interleaved {duration:.0f} s wrk runs per cell, {os.cpu_count()} cores shared by servers and wrk")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"machine load average at the end (1, 5, 15 min): {load}  (above {os.cpu_count()} the servers were starved of CPU)")
     head = (f"{'rows':>4} {'conns':>5} | {'service req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | {'mlflow req/s':>12} "
             f"{'p50 ms':>7} {'p99 ms':>7} | {'floor req/s':>11} {'p50 ms':>7} {'p99 ms':>7} | {'vs mlflow':>9} {'vs floor':>8}")
     print(head)

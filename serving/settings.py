@@ -33,7 +33,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5000
     workers: int = field(default_factory=default_workers)
-    poll_interval_s: float = 1.0
+    poll_interval_s: float = 0.5
     model_cache_dir: Path = Path("models")
     log_dir: Path = Path("logs")
     admin_token: str | None = field(default=None, repr=False)
@@ -94,7 +94,7 @@ class Settings:
             host=get("HOST") or "127.0.0.1",
             port=number("PORT", int, 5000, 1, 65535),
             workers=number("WORKERS", int, default_workers(), 1, 64),
-            poll_interval_s=number("POLL_INTERVAL_S", float, 1.0, 0.05, 3600),
+            poll_interval_s=number("POLL_INTERVAL_S", float, 0.5, 0.05, 3600),
             model_cache_dir=_path(get("MODEL_CACHE_DIR"), home / "models"),
             log_dir=_path(get("LOG_DIR"), home / "logs"),
             admin_token=get("ADMIN_TOKEN"),
