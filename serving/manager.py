@@ -277,6 +277,7 @@ class ModelManager:
         phase = "download"
         try:
             meta = self._meta(mv)
+            tm = time.perf_counter()
             path = self.cache.ensure(version, self.settings.tracking_uri)
             t1 = time.perf_counter()
             phase = "load"
@@ -290,9 +291,10 @@ class ModelManager:
         self.failures.pop(version, None)
         self.last_swap_error = None
         log.info(
-            "now serving %s v%s (%s), was %s; download %.2fs, load + smoke test %.2fs, fast path: %s",
+            "now serving %s v%s (%s), was %s; registry metadata %.2fs, download %.2fs, load + smoke test %.2fs, "
+            "fast path: %s",
             name, version, self.settings.selector_label,
-            f"v{self._previous}" if self._previous else "nothing", t1 - t0, time.perf_counter() - t1,
+            f"v{self._previous}" if self._previous else "nothing", tm - t0, t1 - tm, time.perf_counter() - t1,
             runtime.native_reason,
             extra={"fields": {"event": "model_swapped", "model_name": name, "model_version": version,
                               "previous_version": self._previous}},
