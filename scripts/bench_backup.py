@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import BIN, clean_env, start_mlflow_server  # noqa: E402
+from tests.helpers import BIN, clean_env, free_port, service  # noqa: E402
 
 ANCHOR = "mlflow-export-import"
 ANCHOR_PIN = "mlflow-export-import==1.2.0"
@@ -179,6 +179,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", type=int, default=10, help="registered models (20 live versions each)")
     p.add_argument("--skip-anchor", action="store_true", help="do not try mlflow-export-import")
+    p.add_argument("--server-workers", type=int, default=1,
+                   help="uvicorn workers of every tracking server (same for both tools; the stack uses 1)")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-backup-") as tmp, ExitStack() as stack:
@@ -188,11 +190,17 @@ def main() -> int:
             folder = tmp / label
             folder.mkdir()
             backend = f"sqlite:///{folder / 'mlflow.db'}"
-            ctx, port = start_mlflow_server(backend, folder, artifacts_destination=str(folder / "artifacts"))
-            stack.enter_context(ctx)
+            port = free_port()
+            cmd = [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                   "--workers", str(args.server_workers), "--backend-store-uri", backend,
+                   "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts"]
+            env = clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+            stack.enter_context(service(cmd, env, folder / "server.log", f"http://127.0.0.1:{port}/health", timeout=300))
             return f"http://127.0.0.1:{port}", backend
 
-        say(f"MLflow {mlflow_version()}; servers: `mlflow server --workers 1` with proxied artifacts (local folder)")
+        say(f"MLflow {mlflow_version()}; every server: `mlflow server --workers {args.server_workers}` "
+            f"(SQLite backend, proxied artifacts in a local folder); {os.cpu_count()} CPUs, "
+            f"load average {os.getloadavg()[0]:.1f} at start")
         src, src_db = server("source")
         t0 = time.perf_counter()
         mdir, pdir, metrics = model_files(tmp)
@@ -255,6 +263,7 @@ def main() -> int:
                             f"versions; mlops restore finished in {r_s:.1f} s")
                 else:
                     note = "its export failed (see above)"
+        say(f"load average at the end: {os.getloadavg()[0]:.1f} (other work on the machine slows both tools)")
         if measured:
             total = sum(measured)
             say(f"ratio (measured in this run): export-import {total:.1f} s / mlops {ours:.1f} s = {total / ours:.1f}x")
