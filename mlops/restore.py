@@ -571,10 +571,15 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
         todo = []
         for mid in sorted(lm_ids):
             prior = existing_lms.get(mid)
+            src_run = lm_recs[mid].get("source_run_id")
             if prior is not None:
                 r.lm_map[mid] = prior.model_id
                 result.logged_models_reused += 1
                 r.tick(f"logged model {mid} (already restored)")
+            elif src_run in failed_deps:
+                failed_deps.add(mid)  # it must point at its run: wait for the run to succeed
+                r.failures.append(f"logged model {mid}: not restored because run {src_run} failed")
+                r.tick(f"logged model {mid} (skipped)")
             else:
                 todo.append(mid)
         for mid, out, err in _parallel(r, todo, lambda mid: r.restore_logged_model(lm_recs[mid], outputs, inputs),
