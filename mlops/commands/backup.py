@@ -31,8 +31,11 @@ def _size(n: int) -> str:
 
 
 def _http_pool() -> None:
-    """Enough pooled connections for the parallel transfers (before MLflow opens its session)."""
+    """Enough pooled connections for the parallel transfers (before MLflow opens its session),
+    and no usage telemetry per API call (thousands of them here; set MLFLOW_DISABLE_TELEMETRY=false
+    to keep it)."""
     os.environ.setdefault("MLFLOW_HTTP_POOL_MAXSIZE", "32")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)
 
 
