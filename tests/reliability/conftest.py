@@ -1,0 +1,295 @@
+"""Reliability suite: one local production stack shared by every test of this folder.
+
+The stack (PostgreSQL, the S3 endpoint, ``mlflow server`` with proxied artifacts, the serving
+service with 2 gunicorn workers) is started once with ``mlops stack up`` on ephemeral ports, in a
+temp folder that also receives every other file the suite writes (so the secrets test can grep
+every log at the end). Two logistic-regression versions are trained through the real entry point;
+the first is promoted with ``mlops promote``.
+
+The tests run in the order of ``ORDER`` (faults last, the log grep at the very end) and record the
+numbers they measure with the ``numbers`` fixture; ``pytest_terminal_summary`` prints them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import BIN, ROOT, clean_env, run
+
+MODEL = "breast-cancer-classifier"
+WORKERS = 2
+# Files run in this order: faults after the measurements they would disturb, the log grep last.
+ORDER = ("test_bad_input", "test_load", "test_worker_death", "test_outage", "test_archives", "test_secrets")
+_NUMBERS = pytest.StashKey[list]()
+
+
+# --------------------------------------------------------------------------- ordering and numbers
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Put this folder's tests in ``ORDER`` without moving anything else."""
+    here = Path(__file__).parent
+    slots = [i for i, item in enumerate(items) if Path(str(item.fspath)).parent == here]
+    if not slots:
+        return
+
+    def key(item):
+        stem = Path(str(item.fspath)).stem
+        return ORDER.index(stem) if stem in ORDER else len(ORDER)
+
+    ordered = sorted((items[i] for i in slots), key=key)  # stable: file order kept within a module
+    for i, item in zip(slots, ordered, strict=True):
+        items[i] = item
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    lines = config.stash.get(_NUMBERS, [])
+    if not lines:
+        return
+    terminalreporter.write_sep("=", "reliability: measured numbers")
+    for section, text in lines:
+        terminalreporter.write_line(f"{section:<22} {text}")
+
+
+@pytest.fixture(scope="session")
+def numbers(request):
+    """``numbers(section, text)`` records one line for the terminal summary."""
+    store = request.config.stash.setdefault(_NUMBERS, [])
+
+    def record(section: str, text: str) -> None:
+        store.append((section, text))
+
+    return record
+
+
+# --------------------------------------------------------------------------- small helpers
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition", interval: float = 0.1):
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except requests.RequestException as exc:
+            value, last = None, exc
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
+
+
+def healths(url: str, n: int = 20) -> dict[int, dict]:
+    """/health of each worker that answered (new connections land on every worker)."""
+    seen: dict[int, dict] = {}
+    for _ in range(n):
+        h = requests.get(url + "/health", headers={"Connection": "close"}, timeout=10).json()
+        seen[h["pid"]] = h
+    return seen
+
+
+def all_workers(url: str, predicate) -> bool:
+    """True when ``WORKERS`` workers answered /health and ``predicate(health)`` holds for each."""
+    seen = healths(url)
+    return len(seen) == WORKERS and all(predicate(h) for h in seen.values())
+
+
+def gauge(url: str, name: str, **labels) -> float:
+    """Sum of the samples of metric ``name`` matching ``labels`` in /metrics."""
+    total = 0.0
+    for fam in text_string_to_metric_families(requests.get(url + "/metrics", timeout=10).text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == str(v) for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def served_by_all(url: str, version: str) -> bool:
+    """Every live worker serves ``version`` (the multiprocess gauge counts workers per version)."""
+    return (gauge(url, "serving_model_version_info", version=version) == WORKERS
+            and gauge(url, "serving_model_version_info") == WORKERS)
+
+
+def group_alive(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(name))
+    return found
+
+
+def children(pid: int) -> list[int]:
+    """Live child processes of ``pid``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        if fields[0] != "Z" and int(fields[1]) == pid:
+            found.append(int(name))
+    return sorted(found)
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+@dataclass
+class Stack:
+    """A running local stack and the folder every file of the suite goes to."""
+
+    root: Path
+    dir: Path
+    admin_token: str
+    api_token: str
+    ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.ports['mlflow']}"
+
+    @property
+    def serving(self) -> str:
+        return f"http://127.0.0.1:{self.ports['serving']}"
+
+    @property
+    def api_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_token}"}
+
+    def secrets(self) -> dict:
+        return json.loads((self.dir / "secrets.json").read_text())
+
+    def state(self) -> dict:
+        return json.loads((self.dir / "stack.json").read_text())
+
+    def entry(self, component: str) -> dict:
+        return self.state()["components"][component]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """A clean environment (no S3 keys, no other stack) with the service tokens."""
+        env = clean_env(ADMIN_TOKEN=self.admin_token, API_TOKEN=self.api_token, **extra)
+        for key in list(env):
+            if key.startswith(("AWS_", "MLOPS_STACK_")):
+                env.pop(key)
+        return env
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """``mlops stack ARGS --dir DIR`` (the real console script)."""
+        return run([str(BIN / "mlops"), "stack", *args, "--dir", str(self.dir)], env=self.env(), check=check,
+                   timeout=600)
+
+    def up(self, *args: str) -> subprocess.CompletedProcess:
+        out = self.cli("up", *args)
+        self.ports = self.state()["ports"]
+        return out
+
+    def signal(self, component: str, sig: int = signal.SIGKILL, timeout: float = 60) -> None:
+        """Send ``sig`` to a component's whole process group and wait until it is gone."""
+        pgid = self.entry(component)["pgid"]
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            pass
+        wait_for(lambda: not group_alive(pgid), timeout, f"{component} (process group {pgid}) to exit")
+
+    def mlops(self, *args: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+        """An ``mlops`` command against the stack's tracking server."""
+        return run([str(BIN / "mlops"), *map(str, args)], env=self.env(MLFLOW_TRACKING_URI=self.uri, **env),
+                   check=check, timeout=600)
+
+
+def suite_folder() -> Path:
+    """A temp folder PostgreSQL (running as the `postgres` user when we are root) can traverse."""
+    root = Path(tempfile.mkdtemp(prefix="mlops-reliability-"))
+    root.chmod(0o711)
+    return root
+
+
+@pytest.fixture(scope="package")
+def stack():
+    """The local stack on ephemeral ports, 2 serving workers, ADMIN_TOKEN and API_TOKEN set.
+
+    ``RELIABILITY_KEEP_STACK=1`` leaves it running with its folder (printed) for a post-mortem;
+    stop it with ``mlops stack down --purge --dir FOLDER/stack``.
+    """
+    root = suite_folder()
+    token = os.urandom(12).hex()
+    s = Stack(root=root, dir=root / "stack", admin_token=f"adm-{token[:12]}", api_token=f"api-{token[12:]}")
+    try:
+        s.up("--pg-port", "0", "--s3-port", "0", "--mlflow-port", "0", "--serving-port", "0",
+             "--serving-workers", str(WORKERS))
+        yield s
+    finally:
+        if os.environ.get("RELIABILITY_KEEP_STACK") == "1":
+            sys.stderr.write(f"\nreliability stack kept in {root}\n")
+        else:
+            s.cli("down", "--purge", check=False)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@dataclass
+class Models:
+    """Two registered versions of MODEL; ``first`` was promoted to Production by the fixture."""
+
+    first: str
+    second: str
+
+
+@pytest.fixture(scope="package")
+def models(stack) -> Models:
+    """Two logistic regressions (other seed and C) trained at once through ``training.train``."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=stack.uri, registry_uri=stack.uri)
+    # Created up front so the two concurrent runs do not race to create them.
+    client.create_experiment(MODEL)
+    client.create_registered_model(MODEL)
+    env = stack.env(MLFLOW_TRACKING_URI=stack.uri)
+    procs = []
+    for seed, c in (("1", "1.0"), ("2", "0.3")):
+        log = open(stack.root / f"train-seed{seed}.log", "wb")  # noqa: SIM115 - closed below
+        cmd = [sys.executable, "-m", "training.train", "--model", "logistic_regression", "--seed", seed, "--C", c,
+               "--promote", "none"]
+        procs.append((subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log))
+    for proc, log in procs:
+        code = proc.wait(timeout=600)
+        log.close()
+        assert code == 0, Path(log.name).read_text()[-3000:]
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{MODEL}'"))
+    assert versions == [1, 2], versions
+    out = stack.mlops("promote", MODEL, "1", "--reason", "reliability suite baseline", SERVING_URL=stack.serving)
+    assert "serving notified" in out.stdout, out.stdout + out.stderr
+    wait_for(lambda: served_by_all(stack.serving, "1"), 120, "both workers to serve v1")
+    return Models("1", "2")
+
+
+def serving_version(stack: Stack) -> str:
+    """The version every worker serves right now (asserts they agree)."""
+    versions = {h["model_version"] for h in healths(stack.serving).values()}
+    assert len(versions) == 1, versions
+    return versions.pop()
