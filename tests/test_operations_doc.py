@@ -8,8 +8,11 @@ they must name only services, profiles and sub-commands that docker-compose.yml 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 import yaml
@@ -103,8 +106,11 @@ def test_compose_blocks_name_existing_services_and_profiles():
 
 @pytest.mark.slow
 @pytest.mark.stack
-def test_every_bash_block_runs_against_a_local_stack(tmp_path):
-    tmp_path.chmod(0o755)  # PostgreSQL runs as the `postgres` user and must enter the stack folder
+@pytest.mark.timeout(1500)
+def test_every_bash_block_runs_against_a_local_stack():
+    # PostgreSQL runs as the `postgres` user and must enter the stack folder (pytest's tmp is 0700).
+    tmp_path = Path(tempfile.mkdtemp(prefix="mlops-opsdoc-"))
+    tmp_path.chmod(0o711)
     stack_dir = tmp_path / "stack"
     env_file = tmp_path / "env.sh"
     env = clean_env(
@@ -129,3 +135,4 @@ def test_every_bash_block_runs_against_a_local_stack(tmp_path):
     finally:
         subprocess.run([str(BIN / "mlops"), "stack", "down", "--dir", str(stack_dir), "--purge"],
                        env=env, cwd=ROOT, capture_output=True, timeout=180)
+        shutil.rmtree(tmp_path, ignore_errors=True)
