@@ -41,22 +41,41 @@ def fail(message: str, code: int = 1):
     sys.exit(code)
 
 
+def _is_operational(exc: Exception) -> bool:
+    """A RegistryError/ModelLoadError (their modules are loaded if one was raised): message as is."""
+    known = []
+    for module, name in (("mlops.registry", "RegistryError"), ("mlops.model_io", "ModelLoadError")):
+        mod = sys.modules.get(module)
+        if mod is not None:
+            known.append(getattr(mod, name))
+    return bool(known) and isinstance(exc, tuple(known))
+
+
 class Group(click.Group):
-    """Turns known errors into one readable line instead of a traceback."""
+    """Loads a command's module only when that command runs; known errors become one line."""
+
+    def list_commands(self, ctx):
+        from mlops.commands import COMMANDS
+
+        return sorted(set(self.commands) | set(COMMANDS))
+
+    def get_command(self, ctx, name):
+        if name not in self.commands:
+            from mlops.commands import register_one
+
+            register_one(self, name)
+        return self.commands.get(name)
 
     def invoke(self, ctx):
-        from mlops.model_io import ModelLoadError
-        from mlops.registry import RegistryError
-
         try:
             return super().invoke(ctx)
-        except (RegistryError, ModelLoadError) as exc:
-            fail(str(exc))
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
             raise
         except KeyboardInterrupt:
             fail("interrupted", 130)
         except Exception as exc:  # noqa: BLE001 - last resort: one line, details with MLOPS_DEBUG=1
+            if _is_operational(exc):
+                fail(str(exc))
             if os.environ.get("MLOPS_DEBUG"):
                 raise
             msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
@@ -109,7 +128,6 @@ def _load_commands() -> None:
 
 def main() -> None:
     """Console-script entry point."""
-    _load_commands()
     cli(prog_name="mlops")
 
 
