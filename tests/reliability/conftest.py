@@ -31,8 +31,19 @@ from tests.helpers import BIN, ROOT, clean_env, run
 
 MODEL = "breast-cancer-classifier"
 WORKERS = 2
-# Files run in this order: faults after the measurements they would disturb, the log grep last.
-ORDER = ("test_bad_input", "test_load", "test_worker_death", "test_outage", "test_archives", "test_secrets")
+# Tests run in this order (a module, or one test of it): the faults after the measurements they
+# would disturb; the tracking-server outage leaves the stack without its serving process, so after
+# it comes only the log grep, which must be last anyway.
+ORDER = (
+    "test_bad_input",
+    "test_load",
+    "test_worker_death",
+    "test_secrets::test_admin_endpoint_refuses_without_or_with_a_wrong_token",
+    "test_archives",
+    "test_outage::test_s3_endpoint_outage",
+    "test_outage::test_tracking_server_outage_and_a_restart_from_the_cache",
+    "test_secrets",
+)
 _NUMBERS = pytest.StashKey[list]()
 
 
@@ -48,7 +59,10 @@ def pytest_collection_modifyitems(session, config, items):
 
     def key(item):
         stem = Path(str(item.fspath)).stem
-        return ORDER.index(stem) if stem in ORDER else len(ORDER)
+        for name in (f"{stem}::{item.originalname}", stem):
+            if name in ORDER:
+                return ORDER.index(name)
+        return len(ORDER)
 
     ordered = sorted((items[i] for i in slots), key=key)  # stable: file order kept within a module
     for i, item in zip(slots, ordered, strict=True):
@@ -168,6 +182,7 @@ class Stack:
     admin_token: str
     api_token: str
     ports: dict[str, int] = field(default_factory=dict)
+    models: Models | None = None
 
     @property
     def uri(self) -> str:
@@ -230,28 +245,6 @@ def suite_folder() -> Path:
     return root
 
 
-@pytest.fixture(scope="package")
-def stack():
-    """The local stack on ephemeral ports, 2 serving workers, ADMIN_TOKEN and API_TOKEN set.
-
-    ``RELIABILITY_KEEP_STACK=1`` leaves it running with its folder (printed) for a post-mortem;
-    stop it with ``mlops stack down --purge --dir FOLDER/stack``.
-    """
-    root = suite_folder()
-    token = os.urandom(12).hex()
-    s = Stack(root=root, dir=root / "stack", admin_token=f"adm-{token[:12]}", api_token=f"api-{token[12:]}")
-    try:
-        s.up("--pg-port", "0", "--s3-port", "0", "--mlflow-port", "0", "--serving-port", "0",
-             "--serving-workers", str(WORKERS))
-        yield s
-    finally:
-        if os.environ.get("RELIABILITY_KEEP_STACK") == "1":
-            sys.stderr.write(f"\nreliability stack kept in {root}\n")
-        else:
-            s.cli("down", "--purge", check=False)
-            shutil.rmtree(root, ignore_errors=True)
-
-
 @dataclass
 class Models:
     """Two registered versions of MODEL; ``first`` was promoted to Production by the fixture."""
@@ -260,32 +253,78 @@ class Models:
     second: str
 
 
-@pytest.fixture(scope="package")
-def models(stack) -> Models:
+def _start_training(s: Stack) -> list[tuple[subprocess.Popen, Path]]:
     """Two logistic regressions (other seed and C) trained at once through ``training.train``."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=stack.uri, registry_uri=stack.uri)
-    # Created up front so the two concurrent runs do not race to create them.
-    client.create_experiment(MODEL)
+    client = MlflowClient(tracking_uri=s.uri, registry_uri=s.uri)
+    # The model and one experiment per run are created up front: two runs racing to create them,
+    # or to log the same dataset into one experiment, make the tracking server refuse one.
     client.create_registered_model(MODEL)
-    env = stack.env(MLFLOW_TRACKING_URI=stack.uri)
     procs = []
     for seed, c in (("1", "1.0"), ("2", "0.3")):
-        log = open(stack.root / f"train-seed{seed}.log", "wb")  # noqa: SIM115 - closed below
+        experiment = f"{MODEL}-seed{seed}"
+        client.create_experiment(experiment)
+        log = s.root / f"train-seed{seed}.log"
         cmd = [sys.executable, "-m", "training.train", "--model", "logistic_regression", "--seed", seed, "--C", c,
-               "--promote", "none"]
-        procs.append((subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log))
+               "--experiment", experiment, "--promote", "none"]
+        with open(log, "wb") as out:
+            procs.append((subprocess.Popen(cmd, env=s.env(MLFLOW_TRACKING_URI=s.uri), cwd=ROOT, stdout=out,
+                                           stderr=subprocess.STDOUT), log))
+    return procs
+
+
+def _finish_training(s: Stack, procs: list[tuple[subprocess.Popen, Path]]) -> Models:
+    """Wait for the runs, then promote v1 with the real `mlops promote` (serving notified)."""
+    from mlflow import MlflowClient
+
     for proc, log in procs:
         code = proc.wait(timeout=600)
-        log.close()
-        assert code == 0, Path(log.name).read_text()[-3000:]
+        assert code == 0, log.read_text()[-3000:]
+    client = MlflowClient(tracking_uri=s.uri, registry_uri=s.uri)
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name = '{MODEL}'"))
     assert versions == [1, 2], versions
-    out = stack.mlops("promote", MODEL, "1", "--reason", "reliability suite baseline", SERVING_URL=stack.serving)
+    out = s.mlops("promote", MODEL, "1", "--reason", "reliability suite baseline", SERVING_URL=s.serving)
     assert "serving notified" in out.stdout, out.stdout + out.stderr
-    wait_for(lambda: served_by_all(stack.serving, "1"), 120, "both workers to serve v1")
+    wait_for(lambda: served_by_all(s.serving, "1"), 120, "both workers to serve v1")
     return Models("1", "2")
+
+
+@pytest.fixture(scope="package")
+def stack():
+    """The local stack on ephemeral ports, 2 serving workers, ADMIN_TOKEN and API_TOKEN set, with
+    two trained versions (``stack.models``), the first in Production and served.
+
+    The tracking side starts first; the training runs and the serving service's start-up then
+    overlap. ``RELIABILITY_KEEP_STACK=1`` leaves the stack running with its folder (printed) for a
+    post-mortem; stop it with ``mlops stack down --purge --dir FOLDER/stack``.
+    """
+    root = suite_folder()
+    token = os.urandom(12).hex()
+    s = Stack(root=root, dir=root / "stack", admin_token=f"adm-{token[:12]}", api_token=f"api-{token[12:]}")
+    procs: list[tuple[subprocess.Popen, Path]] = []
+    try:
+        s.up("--no-serving", "--pg-port", "0", "--s3-port", "0", "--mlflow-port", "0", "--serving-port", "0")
+        procs = _start_training(s)
+        s.up("--serving-workers", str(WORKERS))
+        s.models = _finish_training(s, procs)
+        yield s
+    finally:
+        for proc, _ in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if os.environ.get("RELIABILITY_KEEP_STACK") == "1":
+            sys.stderr.write(f"\nreliability stack kept in {root}\n")
+        else:
+            s.cli("down", "--purge", check=False)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="package")
+def models(stack) -> Models:
+    """The two trained versions (see ``stack``)."""
+    return stack.models
 
 
 def serving_version(stack: Stack) -> str:

@@ -39,7 +39,7 @@ def test_schemathesis_finds_no_server_error(stack, models, numbers):
         str(BIN / "st"), "run", f"{stack.serving}/openapi.json",
         "--checks", "not_a_server_error",
         "--phases", "examples,coverage,fuzzing",
-        "--max-examples", "50",
+        "--max-examples", "30",
         "--seed", SEED,
         "--request-timeout", "30",
         "--header", f"Authorization: Bearer {stack.api_token}",

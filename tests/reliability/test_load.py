@@ -26,7 +26,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.timeout(900)]
 
 CLIENTS = 8
 CHANGES = 6
-GAP_S = 5.0  # between two changes
+GAP_S = 5.0  # from one promote/rollback call to the next
+MIN_WINDOW_S = 3.0  # at least this long between two registry changes
 MIN_LOAD_S = 32.0
 CONVERGENCE_S = 2.0
 
@@ -75,8 +76,10 @@ def test_load_through_promotions_and_rollbacks(stack, models, numbers, monkeypat
     changes: list[Change] = []
     load = LoadGenerator(stack.serving, clients=CLIENTS, headers=stack.api_headers)
     with load:
-        time.sleep(2.0)
+        next_at = time.monotonic() + 2.0
         for i in range(CHANGES):
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            began = time.monotonic()
             client.changed_at = None
             if i % 2 == 0:
                 res = registry.promote(client, MODEL, other, registry.PRODUCTION, reason=f"reliability change {i + 1}")
@@ -88,8 +91,8 @@ def test_load_through_promotions_and_rollbacks(stack, models, numbers, monkeypat
             assert (res.from_version, res.stage) == (current, registry.PRODUCTION), res
             changes.append(Change(action, current, res.to_version, client.changed_at, res.notified))
             current, other = res.to_version, current
-            time.sleep(max(0.0, changes[-1].at + GAP_S - time.monotonic()))
-        time.sleep(max(0.0, load.started_at + MIN_LOAD_S - time.monotonic()))
+            next_at = max(began + GAP_S, client.changed_at + MIN_WINDOW_S)
+        time.sleep(max(0.0, max(next_at, load.started_at + MIN_LOAD_S) - time.monotonic()))
     s = load.summary()
     failed = load.failed()
 
