@@ -57,10 +57,16 @@ def pre_fork(server, worker):
 
 
 def post_worker_init(worker):
-    """In the worker, after the fork: start this worker's registry poller."""
+    """In the worker, after the fork: start this worker's registry poller, then wait for a first
+    registry check to finish before the worker takes requests. The check blocks until the poller's
+    first check (the first model load, from the registry or the cache) is over, so a worker that
+    replaces a dead one does not answer 503 while its model loads. The wait stays well under the
+    worker timeout (the master kills a worker that is silent for ``timeout`` seconds)."""
     from serving.app import EXTENSION
 
-    worker.wsgi.extensions[EXTENSION].start()
+    manager = worker.wsgi.extensions[EXTENSION]
+    manager.start()
+    manager.check(timeout=min(30.0, timeout / 2))
 
 
 def worker_exit(server, worker):
