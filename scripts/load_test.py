@@ -1,4 +1,4 @@
-#!/usr/bin/env python
+#!/usr/bin/env python3
 """Operator load test: N concurrent clients for S seconds against the prediction service.
 
     python scripts/load_test.py --url http://127.0.0.1:5000 --clients 8 --seconds 30
@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.clients < 1 or args.seconds <= 0 or args.pause < 0:
         p.error("--clients must be >= 1, --seconds > 0 and --pause >= 0")
+    if args.body and not args.body.is_file():
+        p.error(f"--body {args.body}: no such file")
     body = args.body.read_bytes() if args.body else DEFAULT_BODY
     headers = {"Authorization": f"Bearer {os.environ['API_TOKEN']}"} if os.environ.get("API_TOKEN") else {}
     try:

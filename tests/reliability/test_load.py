@@ -12,6 +12,8 @@ converge within 2 s of each change (issue 3).
 
 from __future__ import annotations
 
+import re
+import sys
 import time
 from dataclasses import dataclass
 
@@ -20,6 +22,7 @@ from mlflow import MlflowClient
 
 from mlops import model_io, registry
 from scripts.load_test import LoadGenerator
+from tests.helpers import ROOT, run
 from tests.reliability.conftest import MODEL, serving_version
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.timeout(900)]
@@ -116,3 +119,15 @@ def test_load_through_promotions_and_rollbacks(stack, models, numbers, monkeypat
     slow = [(c, t) for c, (t, _, _) in zip(changes, swaps, strict=True) if t > CONVERGENCE_S]
     assert not slow, f"not every response carried the new version within {CONVERGENCE_S} s: {slow}"
     assert serving_version(stack) == current
+
+
+def test_the_operator_script_prints_the_numbers(stack, models):
+    """scripts/load_test.py, as an operator runs it (API_TOKEN from the environment)."""
+    proc = run([sys.executable, str(ROOT / "scripts" / "load_test.py"), "--url", stack.serving, "--clients", "2",
+                "--seconds", "2"], env=stack.env(), timeout=120)
+    out = dict(line.split(None, 1) for line in proc.stdout.strip().splitlines())
+    assert set(out) >= {"url", "clients", "requests", "throughput", "latency", "versions"}, proc.stdout
+    sent, failed = re.fullmatch(r"(\d+) sent, (\d+) failed", out["requests"]).groups()
+    assert int(sent) > 0 and failed == "0"
+    assert re.fullmatch(r"p50 [\d.]+ ms, p99 [\d.]+ ms", out["latency"])
+    assert re.fullmatch(rf"v{serving_version(stack)}: {sent}", out["versions"])
