@@ -3,8 +3,8 @@
 The stack (PostgreSQL, the S3 endpoint, ``mlflow server`` with proxied artifacts, the serving
 service with 2 gunicorn workers) is started once with ``mlops stack up`` on ephemeral ports, in a
 temp folder that also receives every other file the suite writes (so the secrets test can grep
-every log at the end). Two logistic-regression versions are trained through the real entry point;
-the first is promoted with ``mlops promote``.
+every log at the end). Two logistic-regression versions are trained through the real entry point
+while the serving service starts; the first is promoted with ``mlops promote``.
 
 The tests run in the order of ``ORDER`` (faults last, the log grep at the very end) and record the
 numbers they measure with the ``numbers`` fixture; ``pytest_terminal_summary`` prints them.
@@ -53,12 +53,12 @@ _NUMBERS = pytest.StashKey[list]()
 def pytest_collection_modifyitems(session, config, items):
     """Put this folder's tests in ``ORDER`` without moving anything else."""
     here = Path(__file__).parent
-    slots = [i for i, item in enumerate(items) if Path(str(item.fspath)).parent == here]
+    slots = [i for i, item in enumerate(items) if item.path.parent == here]
     if not slots:
         return
 
     def key(item):
-        stem = Path(str(item.fspath)).stem
+        stem = item.path.stem
         for name in (f"{stem}::{item.originalname}", stem):
             if name in ORDER:
                 return ORDER.index(name)
