@@ -10,7 +10,6 @@ descriptions, model tags and a promotion history made by ``registry.promote``.
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import mlflow
 from mlflow import MlflowClient
 
 from mlops import config, registry
+from mlops.compare import diff  # noqa: F401 - the tests compare snapshots with it
+from mlops.compare import hash_dir as _hash_dir
 
 NAME = "lc-model"
 OTHER = "lc-other"
@@ -126,13 +127,6 @@ def build(uri: str) -> dict:
         mlflow.set_tracking_uri(previous)
 
 
-def _hash_dir(path: Path) -> dict[str, str]:
-    return {
-        p.relative_to(path).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(path.rglob("*")) if p.is_file()
-    }
-
-
 def _no_restore_tags(tags: dict) -> dict:
     return {k: v for k, v in (tags or {}).items() if not k.startswith(RESTORE_TAG)}
 
@@ -234,16 +228,3 @@ def predictions(uri: str, name: str) -> dict:
         return out
     finally:
         mlflow.set_tracking_uri(previous)
-
-
-def diff(a, b, path: str = "") -> list[str]:
-    """Human-readable differences between two nested structures (empty list if equal)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        out = []
-        for k in sorted(set(a) | set(b), key=str):
-            if k not in a or k not in b:
-                out.append(f"{path}/{k}: only in {'restored' if k not in a else 'source'}")
-            else:
-                out.extend(diff(a[k], b[k], f"{path}/{k}"))
-        return out
-    return [] if a == b else [f"{path}: {str(a)[:200]!r} != {str(b)[:200]!r}"]
