@@ -138,8 +138,8 @@ def served_by_all(url: str, version: str) -> bool:
             and gauge(url, "serving_model_version_info") == WORKERS)
 
 
-def group_alive(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of process group ``pgid``."""
+def _live(field: int, value: int) -> list[int]:
+    """Live (non-zombie) pids whose /proc stat field ``field`` (1: parent, 2: group) is ``value``."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -149,25 +149,19 @@ def group_alive(pgid: int) -> list[int]:
         except OSError:
             continue
         fields = raw[raw.rindex(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[2]) == pgid:
+        if fields[0] != "Z" and int(fields[field]) == value:
             found.append(int(name))
-    return found
+    return sorted(found)
+
+
+def group_alive(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    return _live(2, pgid)
 
 
 def children(pid: int) -> list[int]:
     """Live child processes of ``pid``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[1]) == pid:
-            found.append(int(name))
-    return sorted(found)
+    return _live(1, pid)
 
 
 # --------------------------------------------------------------------------- the stack
