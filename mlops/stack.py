@@ -59,7 +59,7 @@ SECRETS_FILE = "secrets.json"
 ENTRYPOINTS = Path(__file__).resolve().parents[1] / "docker" / "entrypoints"
 # Variables the serving service takes from the caller's environment (the rest is set here).
 SERVING_PASSTHROUGH = ("MODEL_NAME", "MODEL_STAGE", "MODEL_ALIAS", "POLL_INTERVAL_S", "ADMIN_TOKEN",
-                       "API_TOKEN", "MAX_BODY_BYTES")
+                       "API_TOKEN", "MAX_BODY_BYTES", "KEEP_LOADED_VERSIONS")
 # Folders and files of a stack folder that `down --purge` removes (nothing else is touched).
 _PURGED = ("postgres", "s3", "mlflow", "serving", "logs", STATE_FILE, SECRETS_FILE, ".lock")
 

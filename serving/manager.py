@@ -16,6 +16,7 @@ import math
 import os
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from mlops import registry
@@ -29,6 +30,7 @@ log = logging.getLogger("serving.manager")
 
 DOWNLOAD_RETRY_S = 5.0
 FULL_CHECK_S = 30.0
+MARKER_TICK_S = 0.05  # how often a waiting poller looks at the reload marker (one stat)
 
 
 class RegistryUnreachable(RuntimeError):
@@ -72,6 +74,9 @@ class ModelManager:
         self.started_from_cache = False
         self.swaps = 0
         self.failures: dict[str, Failure] = {}
+        # Versions this worker loaded and smoke-tested, newest last: the current one plus up to
+        # KEEP_LOADED_VERSIONS - 1 it served before, so moving back to one of them is a reference swap.
+        self.loaded: OrderedDict[str, ModelRuntime] = OrderedDict()
         self._cache_tried: set[str] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -114,13 +119,31 @@ class ModelManager:
             "following %s %s in %s (poll every %ss)", self.settings.model_name, self.settings.selector_label,
             self.settings.public()["tracking_uri"], self.settings.poll_interval_s,
         )
+        force = False
         while not self._stop.is_set():
             try:
-                self.check(force=self._reload_requested())
+                self.check(force=force or self._reload_requested())
             except Exception:  # noqa: BLE001 - the poller must survive anything
                 log.exception("registry poll failed unexpectedly")
-            self._wake.wait(self.settings.poll_interval_s)
-            self._wake.clear()
+            force = self._sleep(self.settings.poll_interval_s)
+
+    def _sleep(self, seconds: float) -> bool:
+        """Wait until the next tick; True when another worker asked for a reload in the meantime.
+
+        The reload marker is looked at every ``MARKER_TICK_S`` (a ``stat``), so a push received
+        by one worker reaches the others within that time instead of at their next poll.
+        """
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self._wake.wait(min(MARKER_TICK_S, left)):
+                self._wake.clear()
+                return False
+            if self._reload_requested():
+                return True
+        return False
 
     def _reload_requested(self) -> bool:
         mtime = self.cache.reload_marker_mtime()
@@ -250,11 +273,15 @@ class ModelManager:
             raise RegistryUnreachable(_one_line(getattr(exc, "message", None) or str(exc) or type(exc).__name__)) from None
 
     def _meta(self, mv) -> VersionMeta:
-        client = self.client()
-        meta = VersionMeta(
+        """What the resolved version itself says (no further registry call)."""
+        return VersionMeta(
             name=self.settings.model_name, version=str(mv.version), selector=self.settings.selector,
             stage=mv.current_stage, run_id=mv.run_id, source=mv.source, description=mv.description,
         )
+
+    def _enrich(self, meta: VersionMeta, mv) -> None:
+        """Aliases and run metrics for /api/model/info: read after the swap, never delaying it."""
+        client = self.client()
         try:
             rm = client.get_registered_model(self.settings.model_name)
             meta.aliases = sorted(a for a, v in (rm.aliases or {}).items() if str(v) == str(mv.version))
@@ -265,42 +292,48 @@ class ModelManager:
                 meta.metrics = dict(client.get_run(mv.run_id).data.metrics)
             except Exception as exc:  # noqa: BLE001 - informative only
                 log.warning("could not read the metrics of run %s: %s", mv.run_id, _one_line(str(exc)))
-        return meta
 
     # -- swapping ---------------------------------------------------------------------------------
 
     def _swap_to(self, mv) -> str | None:
-        """Download, load, smoke-test, then swap; on failure keep the current version."""
+        """Download, load, smoke-test, then swap; on failure keep the current version.
+
+        A version this worker still holds loaded (it served it before) is swapped back in at once.
+        """
         version = str(mv.version)
         name = self.settings.model_name
         t0 = time.perf_counter()
-        phase = "download"
-        try:
-            meta = self._meta(mv)
-            tm = time.perf_counter()
-            path = self.cache.ensure(version, self.settings.tracking_uri)
-            t1 = time.perf_counter()
-            phase = "load"
-            runtime = ModelRuntime.load(path, meta, loaded_from="registry")
-        except ModelLoadError as exc:
-            phase = getattr(exc, "phase", phase)
-            return self._refuse(version, phase, str(exc))
-        except Exception as exc:  # noqa: BLE001 - anything else is a refusal too
-            return self._refuse(version, phase, f"{type(exc).__name__}: {_one_line(str(exc))}")
+        runtime = self.loaded.get(version)
+        if runtime is not None:
+            runtime.meta.stage, runtime.meta.description = mv.current_stage, mv.description
+            how = "kept in memory since it last served"
+        else:
+            phase = "download"
+            try:
+                path = self.cache.ensure(version, self.settings.tracking_uri)
+                t1 = time.perf_counter()
+                phase = "load"
+                runtime = ModelRuntime.load(path, self._meta(mv), loaded_from="registry")
+            except ModelLoadError as exc:
+                phase = getattr(exc, "phase", phase)
+                return self._refuse(version, phase, str(exc))
+            except Exception as exc:  # noqa: BLE001 - anything else is a refusal too
+                return self._refuse(version, phase, f"{type(exc).__name__}: {_one_line(str(exc))}")
+            how = f"download {t1 - t0:.2f}s, load + smoke test {time.perf_counter() - t1:.2f}s, " \
+                  f"fast path: {runtime.native_reason}"
         self._install(runtime)
         self.failures.pop(version, None)
         self.last_swap_error = None
         log.info(
-            "now serving %s v%s (%s), was %s; registry metadata %.2fs, download %.2fs, load + smoke test %.2fs, "
-            "fast path: %s",
+            "now serving %s v%s (%s), was %s; swapped %.2fs after the registry check (%s)",
             name, version, self.settings.selector_label,
-            f"v{self._previous}" if self._previous else "nothing", tm - t0, t1 - tm, time.perf_counter() - t1,
-            runtime.native_reason,
+            f"v{self._previous}" if self._previous else "nothing", time.perf_counter() - t0, how,
             extra={"fields": {"event": "model_swapped", "model_name": name, "model_version": version,
                               "previous_version": self._previous}},
         )
+        self._enrich(runtime.meta, mv)
         try:
-            self.cache.write_pointer(self.settings.selector, version, meta.to_dict())
+            self.cache.write_pointer(self.settings.selector, version, runtime.meta.to_dict())
         except OSError as exc:
             log.warning("could not update the cache pointer: %s", exc)
         return None
@@ -313,8 +346,11 @@ class ModelManager:
         self.swaps += 1
         self.metrics.swaps.labels(self.settings.model_name).inc()
         self.metrics.set_serving(self.settings.model_name, self._previous, runtime.version)
-        if old is not None and old is not runtime:
-            old.unload()
+        self.loaded[runtime.version] = runtime
+        self.loaded.move_to_end(runtime.version)
+        while len(self.loaded) > self.settings.keep_loaded_versions:
+            _, retired = self.loaded.popitem(last=False)
+            retired.unload()
 
     def _refuse(self, version: str, phase: str, error: str) -> str:
         now = time.time()

@@ -44,6 +44,7 @@ class Settings:
     log_backups: int = 5
     registry_timeout_s: float = 5.0
     retry_failed_after_s: float = 60.0
+    keep_loaded_versions: int = 2
 
     @property
     def selector(self) -> str:
@@ -105,6 +106,7 @@ class Settings:
             log_backups=number("LOG_BACKUPS", int, 5, 0, 1000),
             registry_timeout_s=number("REGISTRY_TIMEOUT_S", float, 5.0, 0.1, 600),
             retry_failed_after_s=number("RETRY_FAILED_AFTER_S", float, 60.0, 0, 86400),
+            keep_loaded_versions=number("KEEP_LOADED_VERSIONS", int, 2, 1, 20),
         )
 
     def __repr__(self) -> str:
@@ -117,6 +119,7 @@ class Settings:
             "model_name": self.model_name,
             "selector": self.selector,
             "poll_interval_s": self.poll_interval_s,
+            "keep_loaded_versions": self.keep_loaded_versions,
             "model_cache_dir": str(self.model_cache_dir),
             "log_dir": str(self.log_dir),
             "max_body_bytes": self.max_body_bytes,

@@ -5,7 +5,7 @@
 #   MLFLOW_TRACKING_URI  http://tracking-server:port                            (required)
 #   MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD when the server has basic auth
 #   HOST (0.0.0.0) PORT (5000) WORKERS, MODEL_NAME, MODEL_STAGE or MODEL_ALIAS, POLL_INTERVAL_S,
-#   MODEL_CACHE_DIR, LOG_DIR, ADMIN_TOKEN, API_TOKEN, MAX_BODY_BYTES
+#   MODEL_CACHE_DIR, LOG_DIR, ADMIN_TOKEN, API_TOKEN, MAX_BODY_BYTES, KEEP_LOADED_VERSIONS
 #
 # Artifacts come through the tracking server's proxy (mlflow-artifacts:), so this service holds
 # no S3 credentials: any that leaked into the environment are dropped here.
