@@ -41,6 +41,7 @@ from mlflow.entities import (
 from mlflow.exceptions import MlflowException
 
 from mlops import archive, config, registry
+from mlops.artifacts import ArtifactStoreError, DirectStore
 from mlops.backup import tracking_uri_set
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,7 @@ class _Restorer:
         self.is_server = _is_rest(client)
         self.versions_made: dict[str, list[tuple[str, int]]] = {}
         self.fresh_lms: set[str] = set()
+        self.direct: DirectStore | None = None
 
     # ---- helpers -------------------------------------------------------------------------
     def tick(self, label: str, n: int = 1) -> None:
@@ -166,7 +168,9 @@ class _Restorer:
             return
         from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-        repo = get_artifact_repository(artifact_uri, tracking_uri=self.client.tracking_uri)
+        repo = self.direct.repo(artifact_uri) if self.direct is not None else None
+        if repo is None:
+            repo = get_artifact_repository(artifact_uri, tracking_uri=self.client.tracking_uri)
         jobs = []
         for p in sorted(local_dir.rglob("*")):
             if p.is_file():
@@ -479,25 +483,30 @@ def restore(
     *,
     dry_run: bool = False,
     if_exists: str = "fail",
+    artifacts_destination: str | None = None,
     workers: int = 8,
     on_progress: Progress | None = None,
 ) -> RestoreResult:
     """Restore the selected (default: all) models of a backup archive into ``client``'s registry.
 
     Raises RestoreError (with every failure listed) if anything could not be restored; re-running
-    the same command finishes an interrupted or failed restore.
+    the same command finishes an interrupted or failed restore. ``artifacts_destination`` (the
+    server's ``--artifacts-destination``) writes proxied artifacts into that store directly (see
+    :mod:`mlops.artifacts`).
     """
     if if_exists not in ("fail", "skip"):
         raise RestoreError(f"--if-exists must be fail or skip, not {if_exists!r}")
     folder, manifest = archive.extract_archive(Path(archive_path))
     try:
         with tracking_uri_set(client.tracking_uri):
-            return _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_progress)
+            return _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_progress,
+                            artifacts_destination)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_progress) -> RestoreResult:
+def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_progress,
+             artifacts_destination=None) -> RestoreResult:
     try:
         reg = json.loads((folder / "registry.json").read_text())
     except (OSError, ValueError) as exc:
@@ -535,6 +544,13 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
             _plan(r, result, selected, states, clash, exp_ids, run_ids, lm_ids, source_keys)
             return result
 
+        if artifacts_destination and selected:
+            direct = DirectStore(artifacts_destination)
+            try:
+                direct.check(client.tracking_uri)
+            except ArtifactStoreError as exc:
+                raise RestoreError(f"{exc}; nothing was changed") from None
+            r.direct = direct
         r.ensure_experiments(exp_ids)
         existing_runs = r.existing_runs()
         existing_lms = r.existing_logged_models()

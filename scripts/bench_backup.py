@@ -196,12 +196,12 @@ def main() -> int:
                    "--artifacts-destination", str(folder / "artifacts"), "--serve-artifacts"]
             env = clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
             stack.enter_context(service(cmd, env, folder / "server.log", f"http://127.0.0.1:{port}/health", timeout=300))
-            return f"http://127.0.0.1:{port}", backend
+            return f"http://127.0.0.1:{port}", backend, folder / "artifacts"
 
         say(f"MLflow {mlflow_version()}; every server: `mlflow server --workers {args.server_workers}` "
             f"(SQLite backend, proxied artifacts in a local folder); {os.cpu_count()} CPUs, "
             f"load average {os.getloadavg()[0]:.1f} at start")
-        src, src_db = server("source")
+        src, src_db, src_store = server("source")
         t0 = time.perf_counter()
         mdir, pdir, metrics = model_files(tmp)
         build_registry(src, mdir, pdir, metrics, args.models)
@@ -212,23 +212,39 @@ def main() -> int:
             f"one run + one logged model per version; built in {time.perf_counter() - t0:.1f} s")
 
         # --- mlops ---------------------------------------------------------------------------
-        archive = tmp / "registry.tar.gz"
-        b_s, b_rc = timed([str(BIN / "mlops"), "backup", "--out", str(archive), "--backend-store-uri", src_db],
-                          clean_env(MLFLOW_TRACKING_URI=src), tmp / "mlops-backup.log")
-        if b_rc != 0:
-            say(f"mlops backup FAILED (exit {b_rc}): {last_line(tmp / 'mlops-backup.log')}")
-            return 1
-        tgt, _ = server("target")
-        r_s, r_rc = timed([str(BIN / "mlops"), "restore", str(archive)], clean_env(MLFLOW_TRACKING_URI=tgt),
-                          tmp / "mlops-restore.log")
-        if r_rc != 0:
-            say(f"mlops restore FAILED (exit {r_rc}): {last_line(tmp / 'mlops-restore.log')}")
-            return 1
-        same = registry_shape(tgt) == shape
-        ours = b_s + r_s
-        say(f"mlops backup : {b_s:6.1f} s  ({archive.stat().st_size / 2**20:.1f} MiB archive)")
-        say(f"mlops restore: {r_s:6.1f} s  (numbers, gaps, stages, aliases identical: {'yes' if same else 'NO'})")
-        say(f"mlops total  : {ours:6.1f} s")
+        def ours(label: str, direct: bool) -> tuple[float, float] | None:
+            """mlops backup from the source + restore into a fresh server; (backup s, restore s)."""
+            archive = tmp / f"registry-{label}.tar.gz"
+            extra = ["--artifacts-destination", str(src_store)] if direct else []
+            b_s, b_rc = timed([str(BIN / "mlops"), "backup", "--out", str(archive), "--backend-store-uri", src_db,
+                               *extra], clean_env(MLFLOW_TRACKING_URI=src), tmp / f"mlops-backup-{label}.log")
+            if b_rc != 0:
+                say(f"mlops backup ({label}) FAILED (exit {b_rc}): {last_line(tmp / f'mlops-backup-{label}.log')}")
+                return None
+            tgt, _, tgt_store = server(f"target-{label}")
+            extra = ["--artifacts-destination", str(tgt_store)] if direct else []
+            r_s, r_rc = timed([str(BIN / "mlops"), "restore", str(archive), *extra],
+                              clean_env(MLFLOW_TRACKING_URI=tgt), tmp / f"mlops-restore-{label}.log")
+            if r_rc != 0:
+                say(f"mlops restore ({label}) FAILED (exit {r_rc}): {last_line(tmp / f'mlops-restore-{label}.log')}")
+                return None
+            same = registry_shape(tgt) == shape
+            say(f"mlops, {label}:")
+            say(f"  backup : {b_s:6.1f} s  ({archive.stat().st_size / 2**20:.1f} MiB archive)")
+            say(f"  restore: {r_s:6.1f} s  (numbers, gaps, stages, aliases identical: {'yes' if same else 'NO'})")
+            say(f"  total  : {b_s + r_s:6.1f} s")
+            return (b_s, r_s) if same else None
+
+        modes = {
+            "artifacts through the server's proxy (the anchor's path)": False,
+            "artifacts read/written in the server's store directly (--artifacts-destination)": True,
+        }
+        timings = {}
+        for label, direct in modes.items():
+            got = ours("direct" if direct else "proxy", direct)
+            if got is None:
+                return 1
+            timings[label] = got
 
         # --- anchor --------------------------------------------------------------------------
         measured = None
@@ -244,7 +260,7 @@ def main() -> int:
                                    "--output-dir", str(out)], env_src, tmp / "anchor-export.log")
                 say(f"export-import export: {e_s:6.1f} s  exit {e_rc}  last line: {last_line(tmp / 'anchor-export.log')}")
                 if e_rc == 0:
-                    atgt, _ = server("anchor-target")
+                    atgt, _, _ = server("anchor-target")
                     i_s, i_rc = timed([sys.executable, "-m", "mlflow_export_import.bulk.import_models",
                                        "--input-dir", str(out)],
                                       clean_env(MLFLOW_TRACKING_URI=atgt, PYTHONPATH=str(site)), tmp / "anchor-import.log")
@@ -257,22 +273,28 @@ def main() -> int:
                         measured = (e_s, i_s)
                     else:
                         note = f"its import failed after {i_s:.1f} s"
-                        say(f"export leg, measured in this run: export-import {e_s:.1f} s / mlops backup {b_s:.1f} s "
-                            f"= {e_s / b_s:.1f}x")
+                        for label, (b_s, _r) in timings.items():
+                            say(f"export leg, measured in this run, {label}: export-import {e_s:.1f} s / "
+                                f"mlops backup {b_s:.1f} s = {e_s / b_s:.1f}x")
                         say(f"import leg: export-import stopped after {i_s:.1f} s with {restored}/{n_versions} "
-                            f"versions; mlops restore finished in {r_s:.1f} s")
+                            f"versions; mlops restore finished in "
+                            + " / ".join(f"{r_s:.1f} s" for _, r_s in timings.values()) + " (proxy / direct)")
                 else:
                     note = "its export failed (see above)"
         say(f"load average at the end: {os.getloadavg()[0]:.1f} (other work on the machine slows both tools)")
-        if measured:
-            total = sum(measured)
-            say(f"ratio (measured in this run): export-import {total:.1f} s / mlops {ours:.1f} s = {total / ours:.1f}x")
-        else:
-            quoted = QUOTED_EXPORT_S + QUOTED_IMPORT_S
-            say(f"anchor NOT measured in this run ({note}).")
-            say(f"quoted anchor figures from the issue (same machine, NOT this run): {QUOTED_EXPORT_S} s export + "
-                f"{QUOTED_IMPORT_S} s import = {quoted:.1f} s; mlops here {ours:.1f} s -> {quoted / ours:.1f}x "
-                "(not a same-run comparison)")
+        for label, (b_s, r_s) in timings.items():
+            total_ours = b_s + r_s
+            if measured:
+                total = sum(measured)
+                say(f"ratio (measured in this run), {label}: export-import {total:.1f} s / mlops {total_ours:.1f} s "
+                    f"= {total / total_ours:.1f}x")
+            else:
+                quoted = QUOTED_EXPORT_S + QUOTED_IMPORT_S
+                say(f"{label}: quoted anchor figures from the issue (same machine, NOT this run): {QUOTED_EXPORT_S} s "
+                    f"export + {QUOTED_IMPORT_S} s import = {quoted:.1f} s; mlops here {total_ours:.1f} s -> "
+                    f"{quoted / total_ours:.1f}x (not a same-run comparison)")
+        if not measured:
+            say(f"anchor's full round trip NOT measured in this run ({note}).")
     return 0
 
 

@@ -72,19 +72,24 @@ class _Bar:
 @click.option("--backend-store-uri", default=None, envvar="MLOPS_BACKEND_STORE_URI",
               help="SQL URI of the tracking server's database, read-only: records deleted version "
                    "numbers above the highest live one when backing up through a server.")
+@click.option("--artifacts-destination", default=None, envvar="MLOPS_ARTIFACTS_DESTINATION", metavar="URI",
+              help="The tracking server's --artifacts-destination (s3://bucket/path or a folder), with "
+                   "that store's credentials in the environment: proxied artifacts are read there directly "
+                   "instead of one request each through the server. Checked against the server first.")
 @click.option("--workers", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Parallel downloads.")
 @tracking_option
 def backup(out: Path | None, models: str | None, verify: Path | None, backend_store_uri: str | None,
-           workers: int, tracking_uri: str) -> None:
+           artifacts_destination: str | None, workers: int, tracking_uri: str) -> None:
     """Export registered models (versions, deleted numbers, stages, aliases, runs, artifacts) to one .tar.gz.
 
     The archive holds a manifest.json with the sha256 and size of every file; it is written to a
     temporary file and renamed only when complete. `mlops backup --verify ARCHIVE` checks it.
     """
     if verify is not None:
-        if out or models or backend_store_uri:
-            fail("--verify checks an existing archive; it takes no --out, --models or --backend-store-uri")
+        if out or models or backend_store_uri or artifacts_destination:
+            fail("--verify checks an existing archive; it takes no --out, --models, --backend-store-uri "
+                 "or --artifacts-destination")
         from mlops.archive import verify_archive
 
         manifest = verify_archive(verify)
@@ -102,7 +107,7 @@ def backup(out: Path | None, models: str | None, verify: Path | None, backend_st
     bar = _Bar("backing up")
     try:
         res = run_backup(client, out, _names(models), backend_store_uri=backend_store_uri,
-                         workers=workers, on_progress=bar)
+                         artifacts_destination=artifacts_destination, workers=workers, on_progress=bar)
     finally:
         bar.close()
     for w in res.warnings:
@@ -121,11 +126,15 @@ def backup(out: Path | None, models: str | None, verify: Path | None, backend_st
 @click.option("--dry-run", is_flag=True, help="Verify the archive and print what would be created; change nothing.")
 @click.option("--if-exists", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="What to do with a model that already exists in the target registry.")
+@click.option("--artifacts-destination", default=None, envvar="MLOPS_ARTIFACTS_DESTINATION", metavar="URI",
+              help="The tracking server's --artifacts-destination (s3://bucket/path or a folder), with "
+                   "that store's credentials in the environment: proxied artifacts are written there directly "
+                   "instead of one request each through the server. Checked against the server first.")
 @click.option("--workers", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Parallel uploads and models restored at once.")
 @tracking_option
-def restore(archive: Path, models: str | None, dry_run: bool, if_exists: str, workers: int,
-            tracking_uri: str) -> None:
+def restore(archive: Path, models: str | None, dry_run: bool, if_exists: str, artifacts_destination: str | None,
+            workers: int, tracking_uri: str) -> None:
     """Import a backup ARCHIVE into the tracking server, with the exact version numbers.
 
     The archive is verified first (checksums, no links, no paths outside it). Re-running the
@@ -140,7 +149,7 @@ def restore(archive: Path, models: str | None, dry_run: bool, if_exists: str, wo
     bar = _Bar("restoring")
     try:
         res = run_restore(client, archive, _names(models), dry_run=dry_run, if_exists=if_exists,
-                          workers=workers, on_progress=bar)
+                          artifacts_destination=artifacts_destination, workers=workers, on_progress=bar)
     except RestoreError as exc:
         bar.close()
         if len(exc.failures) > 1:

@@ -176,3 +176,49 @@ def test_round_trip_through_a_tracking_server_with_proxied_artifacts(source_regi
     mlops("restore", second, uri=target)
     _assert_same(source_registry["snapshot"], registry_data.snapshot(target, NAME))
     assert registry_data.predictions(target, NAME) == source_registry["predictions"]
+
+
+def test_round_trip_with_the_artifact_store_read_and_written_directly(source_registry, archive, tmp_path, new_store,
+                                                                       monkeypatch):
+    """--artifacts-destination: files go straight to the server's store (no upload or download
+    through its proxy), metadata through the server; a wrong destination is refused up front."""
+    from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
+
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    store = tmp_path / "served"
+    ctx, port = start_mlflow_server(backend, tmp_path, artifacts_destination=str(store))
+    with ctx:
+        uri = f"http://127.0.0.1:{port}"
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+        # A destination the server does not serve from: one line, nothing created.
+        elsewhere = tmp_path / "elsewhere"
+        proc = mlops("restore", archive, "--artifacts-destination", elsewhere, uri=uri, check=False)
+        assert proc.returncode != 0 and "does not serve files from" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and client.search_registered_models() == []
+        assert not any(p.is_file() for p in elsewhere.rglob("*")), "the probe file was left behind"
+
+        def through_proxy(*_a, **_k):
+            raise AssertionError("an artifact went through the server's proxy")
+
+        with monkeypatch.context() as m:
+            m.setattr(HttpArtifactRepository, "log_artifact", through_proxy)
+            m.setattr(HttpArtifactRepository, "log_artifacts", through_proxy)
+            res = restore_mod.restore(client, archive, artifacts_destination=str(store))
+        assert res.runs_created == 3, res
+        assert not (store / "mlops-probe").exists()
+        _assert_same(source_registry["snapshot"], registry_data.snapshot(uri, NAME, backend))
+        assert registry_data.predictions(uri, NAME) == source_registry["predictions"]
+
+        second = tmp_path / "second.tar.gz"
+        with monkeypatch.context() as m:
+            m.setattr(HttpArtifactRepository, "_download_file", through_proxy)
+            backup_mod.backup(client, second, backend_store_uri=backend, artifacts_destination=str(store))
+        proc = mlops("backup", "--out", tmp_path / "wrong.tar.gz", "--artifacts-destination", elsewhere,
+                     uri=uri, check=False)
+        assert proc.returncode != 0 and "does not serve files from" in proc.stderr, proc.stderr
+        assert not (tmp_path / "wrong.tar.gz").exists()
+    target = new_store(tmp_path / "target")
+    mlops("restore", second, uri=target)
+    _assert_same(source_registry["snapshot"], registry_data.snapshot(target, NAME))
+    assert registry_data.predictions(target, NAME) == source_registry["predictions"]
