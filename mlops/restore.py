@@ -544,7 +544,9 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
             _plan(r, result, selected, states, clash, exp_ids, run_ids, lm_ids, source_keys)
             return result
 
-        if artifacts_destination and selected:
+        if artifacts_destination and selected and not r.is_server:
+            log.info("the target is not a tracking server: --artifacts-destination is not used")
+        elif artifacts_destination and selected:
             direct = DirectStore(artifacts_destination)
             try:
                 direct.check(client.tracking_uri)

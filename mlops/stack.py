@@ -775,6 +775,21 @@ def status(stack_dir: Path) -> dict[str, dict]:
     return out
 
 
+def storage_env(stack_dir: Path, state: dict) -> dict[str, str]:
+    """The stack's storage credentials, for an operator's `mlops backup` / `mlops restore` that
+    reads and writes the database and the artifact bucket directly (secrets: shell use only)."""
+    secrets = load_secrets(stack_dir)
+    ports = state["ports"]
+    return {
+        "MLOPS_BACKEND_STORE_URI": backend_store_uri(ports, secrets),
+        "MLOPS_ARTIFACTS_DESTINATION": f"s3://{state.get('bucket', 'mlflow')}",
+        "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{ports['s3']}",
+        "AWS_ACCESS_KEY_ID": secrets["s3_access_key"],
+        "AWS_SECRET_ACCESS_KEY": secrets["s3_secret_key"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
 def export_lines(r: Running | dict) -> list[str]:
     """Shell lines pointing clients at the stack."""
     ports = r.ports if isinstance(r, Running) else r["ports"]

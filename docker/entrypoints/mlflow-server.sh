@@ -22,8 +22,10 @@ set -eu
 : "${MLFLOW_ARTIFACTS_DESTINATION:?MLFLOW_ARTIFACTS_DESTINATION must be set (s3://bucket)}"
 export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 
+# The backend URI holds the database password: `mlflow server` reads it from
+# MLFLOW_BACKEND_STORE_URI itself, so it never appears on a command line (`ps`).
+export MLFLOW_BACKEND_STORE_URI
 set -- mlflow server \
-  --backend-store-uri "$MLFLOW_BACKEND_STORE_URI" \
   --artifacts-destination "$MLFLOW_ARTIFACTS_DESTINATION" \
   --serve-artifacts \
   --host "${MLFLOW_HOST:-0.0.0.0}" \

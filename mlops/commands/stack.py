@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -153,7 +154,11 @@ def restart_cmd(components, stack_dir, timeout) -> None:
 @stack_group.command("env")
 @click.option("--dir", "stack_dir", default=None, help=DIR_HELP)
 @click.option("--with-secrets", is_flag=True, help="Also export ADMIN_TOKEN (serving's admin token).")
-def env_cmd(stack_dir, with_secrets) -> None:
+@click.option("--with-storage", is_flag=True,
+              help="Also export the storage credentials (MLOPS_BACKEND_STORE_URI, MLOPS_ARTIFACTS_DESTINATION and "
+                   "the S3 endpoint and keys): `mlops backup` / `mlops restore` then record every deleted version "
+                   "number and move files straight to and from the bucket.")
+def env_cmd(stack_dir, with_secrets, with_storage) -> None:
     """Print `export` lines for a shell pointed at the stack: eval "$(mlops stack env)"."""
     folder = _dir(stack_dir)
     state = st.load_state(folder)
@@ -165,6 +170,9 @@ def env_cmd(stack_dir, with_secrets) -> None:
     click.echo(f"export MLOPS_STACK_DIR={folder}")
     if with_secrets:
         click.echo(f"export ADMIN_TOKEN={st.load_secrets(folder)['admin_token']}")
+    if with_storage:
+        for key, value in st.storage_env(folder, state).items():
+            click.echo(f"export {key}={shlex.quote(value)}")
 
 
 def register(cli) -> None:

@@ -7,6 +7,7 @@ service's log, the training runs' output and the schemathesis reports.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import requests
@@ -61,6 +62,16 @@ def test_no_token_or_password_in_any_log(stack, models, numbers):
         data = path.read_bytes()
         size += len(data)
         leaks += [f"{label} in {path.relative_to(stack.root)}" for label, value in secrets.items() if value.encode() in data]
-    numbers("secrets", f"{len(secrets)} tokens/passwords grepped in {len(logs)} log files ({size / 1e6:.1f} MB): "
-                       f"{len(leaks)} found")
+    # Nor on any process's command line (`ps` shows those to every user of the machine).
+    procs = 0
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            data = cmdline.read_bytes()
+        except OSError:
+            continue  # the process has gone
+        procs += 1
+        leaks += [f"{label} on the command line of pid {cmdline.parent.name}" for label, value in secrets.items()
+                  if value.encode() in data]
+    numbers("secrets", f"{len(secrets)} tokens/passwords grepped in {len(logs)} log files ({size / 1e6:.1f} MB) "
+                       f"and {procs} process command lines: {len(leaks)} found")
     assert not leaks, leaks
