@@ -87,9 +87,13 @@ def backup(out: Path | None, models: str | None, verify: Path | None, backend_st
     temporary file and renamed only when complete. `mlops backup --verify ARCHIVE` checks it.
     """
     if verify is not None:
-        if out or models or backend_store_uri or artifacts_destination:
-            fail("--verify checks an existing archive; it takes no --out, --models, --backend-store-uri "
-                 "or --artifacts-destination")
+        # Options given on the command line conflict; the same values from the environment
+        # (MLOPS_BACKEND_STORE_URI, MLOPS_ARTIFACTS_DESTINATION of a backup job) do not.
+        ctx = click.get_current_context()
+        given = [f"--{name.replace('_', '-')}" for name in ("out", "models", "backend_store_uri", "artifacts_destination")
+                 if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
+        if given:
+            fail(f"--verify checks an existing archive; it takes no {', '.join(given)}")
         from mlops.archive import verify_archive
 
         manifest = verify_archive(verify)

@@ -65,6 +65,15 @@ def test_backup_archive_records_numbers_as_integers_and_verifies(archive):
     assert v12["signature"]["inputs"]
 
 
+def test_verify_refuses_backup_options_on_the_command_line_but_not_from_the_environment(archive, tmp_path):
+    """A backup job's environment (storage credentials) must not break `backup --verify`."""
+    proc = mlops("backup", "--verify", archive, "--out", tmp_path / "x.tar.gz", check=False)
+    assert proc.returncode != 0 and "takes no --out" in proc.stderr, proc.stderr
+    proc = mlops("backup", "--verify", archive, MLOPS_BACKEND_STORE_URI="sqlite:///nowhere.db",
+                 MLOPS_ARTIFACTS_DESTINATION=str(tmp_path))
+    assert proc.stdout.startswith("archive OK"), proc.stdout + proc.stderr
+
+
 def test_round_trip_into_empty_sqlite_store(source_registry, archive, tmp_path, new_store, cli):
     uri = new_store(tmp_path)
     dry = mlops("restore", archive, "--dry-run", uri=uri)
