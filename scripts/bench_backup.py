@@ -179,8 +179,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", type=int, default=10, help="registered models (20 live versions each)")
     p.add_argument("--skip-anchor", action="store_true", help="do not try mlflow-export-import")
-    p.add_argument("--server-workers", type=int, default=1,
-                   help="uvicorn workers of every tracking server (same for both tools; the stack uses 1)")
+    p.add_argument("--server-workers", type=int, default=4,
+                   help="uvicorn workers of every tracking server, the same for both tools (default: 4, "
+                        "what `mlflow server` runs without --workers)")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-backup-") as tmp, ExitStack() as stack:
