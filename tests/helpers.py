@@ -31,7 +31,8 @@ def sqlite_uri(folder: Path) -> str:
 
 def clean_env(**extra: str) -> dict[str, str]:
     """os.environ without anything that would point a child at another store or service."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MODEL_", "SERVING_"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MODEL_", "SERVING_"))
+           and k not in ("MLOPS_BACKEND_STORE_URI", "MLOPS_ARTIFACTS_DESTINATION")}
     env.update({k: str(v) for k, v in extra.items()})
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     return env

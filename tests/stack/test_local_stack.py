@@ -31,11 +31,12 @@ ADMIN_PASSWORD = "stack-test-admin-pw"
 
 
 def _env(**extra) -> dict[str, str]:
-    """A clean environment without any S3 credentials (clients must not need them)."""
-    env = clean_env(**extra)
+    """A clean environment without any S3 credentials (clients must not need them), plus ``extra``."""
+    env = clean_env()
     for key in list(env):
         if key.startswith(("AWS_", "MLOPS_STACK_")):
             env.pop(key)
+    env.update({k: str(v) for k, v in extra.items()})
     return env
 
 
@@ -233,11 +234,25 @@ def _auth_refuses_anonymous(stack_b):
 
 
 def _backup_restore_then_train_with_credentials(stack_a, trained, stack_b, tmp_path):
+    """Backup from A and restore into B (basic auth), both with the storage credentials of
+    `mlops stack env --with-storage`: the files go straight from A's bucket and into B's."""
+    from mlops.stack import load_state, storage_env
+
     archive = tmp_path / "registry.tar.gz"
-    run([str(BIN / "mlops"), "backup", "--out", str(archive)], env=_env(MLFLOW_TRACKING_URI=stack_a["uri"]))
+    storage_a = storage_env(stack_a["dir"], load_state(stack_a["dir"]))
+    proc = run([str(BIN / "mlops"), "backup", "--out", str(archive)],
+               env=_env(MLFLOW_TRACKING_URI=stack_a["uri"], **storage_a))
+    assert "artifacts go directly to s3://" in proc.stderr, proc.stderr
     creds = {"MLFLOW_TRACKING_URI": stack_b["uri"], "MLFLOW_TRACKING_USERNAME": "admin",
              "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD}
-    run([str(BIN / "mlops"), "restore", str(archive)], env=_env(**creds))
+    storage_b = storage_env(stack_b["dir"], load_state(stack_b["dir"]))
+    # A's bucket is not B's: refused before anything is created.
+    wrong = {**storage_b, **{k: storage_a[k] for k in ("MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                                      "AWS_SECRET_ACCESS_KEY")}}
+    proc = run([str(BIN / "mlops"), "restore", str(archive)], env=_env(**creds, **wrong), check=False)
+    assert proc.returncode != 0 and "does not serve files from" in proc.stderr, proc.stderr
+    proc = run([str(BIN / "mlops"), "restore", str(archive)], env=_env(**creds, **storage_b))
+    assert "artifacts go directly to s3://" in proc.stderr, proc.stderr
     _wait_serving(stack_b["serving"], "1")
     restored = _predict(stack_b["serving"])
     assert restored["predictions"] == trained["predictions"]
