@@ -492,9 +492,9 @@ def _backup(client, out, models, backend_store_uri, artifacts_destination, worke
         direct = DirectStore(artifacts_destination)
         samples = [lm.artifact_location for lm in lm_objs.values()] + [r.info.artifact_uri for r in runs.values()]
         if not direct.check(uri, [s for s in samples if direct.uri_for(s) is not None]):
-            direct = None
             log.warning("no proxied artifacts to compare with %s: reading artifacts through the server",
                         direct.destination)
+            direct = None
 
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
