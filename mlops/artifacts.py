@@ -12,10 +12,10 @@ archive and ``D`` directly, in parallel, while only metadata goes through the se
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import posixpath
 import re
-import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -33,14 +33,13 @@ class ArtifactStoreError(RuntimeError):
 
 def proxied_path(uri: str) -> str | None:
     """The path inside the server's artifact destination that a proxied URI names, else None."""
-    if uri.startswith("mlflow-artifacts:"):
-        parts = urlsplit(uri)
+    parts = urlsplit(uri)
+    if parts.scheme == "mlflow-artifacts":
         path = parts.path
-    else:
-        parts = urlsplit(uri)
-        if parts.scheme not in ("http", "https") or PROXY_PATH not in parts.path:
-            return None
+    elif parts.scheme in ("http", "https") and PROXY_PATH in parts.path:
         path = parts.path.split(PROXY_PATH, 1)[1]
+    else:
+        return None
     path = path.strip("/")
     clean = posixpath.normpath(path) if path else ""
     if clean in (".", ""):
@@ -67,7 +66,6 @@ class DirectStore:
 
     def __init__(self, destination: str):
         self.destination = normalize_destination(destination)
-        self.local = "://" not in self.destination
 
     def __repr__(self) -> str:
         return f"DirectStore({self.destination})"
@@ -84,7 +82,7 @@ class DirectStore:
     def repo(self, proxied_uri: str):
         """An artifact repository on the direct location of ``proxied_uri`` (None if not proxied)."""
         direct = self.uri_for(proxied_uri)
-        return None if direct is None else _repository(direct)
+        return None if direct is None else repository(direct)
 
     def check(self, tracking_uri: str, samples: list[str] | None = None) -> bool:
         """Prove that the tracking server serves files from this destination.
@@ -115,7 +113,7 @@ class DirectStore:
 
     def _same_listing(self, tracking_uri: str, sample_uri: str) -> bool | None:
         try:
-            through = sorted(f.path for f in _repository(sample_uri, tracking_uri).list_artifacts())
+            through = sorted(f.path for f in repository(sample_uri, tracking_uri).list_artifacts())
         except Exception as exc:  # noqa: BLE001
             raise ArtifactStoreError(f"cannot list {sample_uri} through the server: {_one_line(exc)}") from None
         if not through:
@@ -135,13 +133,13 @@ class DirectStore:
             probe = Path(tmp) / "probe.txt"
             probe.write_text(f"mlops artifact-store probe {token}\n")
             try:
-                _repository(f"{self.destination.rstrip('/')}/{rel}").log_artifact(str(probe))
+                repository(f"{self.destination.rstrip('/')}/{rel}").log_artifact(str(probe))
             except Exception as exc:  # noqa: BLE001 - credentials, missing bucket, permissions
                 raise ArtifactStoreError(
                     f"cannot write to the artifact destination {self.destination}: {_one_line(exc)}"
                 ) from None
             try:
-                proxied = _repository(f"mlflow-artifacts:/{rel}", tracking_uri)
+                proxied = repository(f"mlflow-artifacts:/{rel}", tracking_uri)
                 back = Path(tmp) / "back"
                 back.mkdir()
                 got = Path(proxied.download_artifacts("probe.txt", dst_path=str(back)))
@@ -154,22 +152,21 @@ class DirectStore:
 
     def _remove_probe(self, rel: str) -> None:
         try:
-            if self.local:
-                shutil.rmtree(Path(self.destination) / PROBE_DIR / rel.split("/", 1)[1], ignore_errors=True)
-                try:
-                    (Path(self.destination) / PROBE_DIR).rmdir()
-                except OSError:
-                    pass
-            else:
-                _repository(f"{self.destination.rstrip('/')}/{rel}").delete_artifacts()
+            repository(f"{self.destination.rstrip('/')}/{rel}").delete_artifacts()
         except Exception as exc:  # noqa: BLE001 - a left-over probe file is harmless
             log.warning("could not remove the probe %s/%s: %s", self.destination, rel, _one_line(exc))
+        if "://" not in self.destination:  # a folder: its now empty probe folder goes too
+            with contextlib.suppress(OSError):
+                (Path(self.destination) / PROBE_DIR).rmdir()
 
 
-def _repository(uri: str, tracking_uri: str | None = None):
+def repository(uri: str, tracking_uri: str | None = None, direct: DirectStore | None = None):
+    """MLflow's artifact repository for ``uri``; with ``direct``, a proxied URI is opened in the
+    store itself instead of through the tracking server."""
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
-    return get_artifact_repository(uri, tracking_uri=tracking_uri)
+    repo = direct.repo(uri) if direct is not None else None
+    return repo if repo is not None else get_artifact_repository(uri, tracking_uri=tracking_uri)
 
 
 def _one_line(exc: BaseException) -> str:

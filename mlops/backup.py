@@ -30,7 +30,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlops import archive, config, registry
+from mlops import archive, artifacts, config, registry
 from mlops.artifacts import ArtifactStoreError, DirectStore
 
 log = logging.getLogger(__name__)
@@ -151,12 +151,8 @@ def _download(uri: str, tracking_uri: str, dest: Path, direct: DirectStore | Non
     through a tracking server that is a fifth of all requests.) With a direct artifact store,
     proxied URIs are read from the store itself.
     """
-    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
     dest.mkdir(parents=True, exist_ok=True)
-    repo = direct.repo(uri) if direct is not None else None
-    if repo is None:
-        repo = get_artifact_repository(uri, tracking_uri=tracking_uri)
+    repo = artifacts.repository(uri, tracking_uri, direct)
     files: list[str] = []
     pending = [None]
     while pending:

@@ -40,7 +40,7 @@ from mlflow.entities import (
 )
 from mlflow.exceptions import MlflowException
 
-from mlops import archive, config, registry
+from mlops import archive, artifacts, config, registry
 from mlops.artifacts import ArtifactStoreError, DirectStore
 from mlops.backup import tracking_uri_set
 
@@ -166,11 +166,7 @@ class _Restorer:
         """Upload every file under ``local_dir`` to ``artifact_uri``, files in parallel."""
         if not local_dir.is_dir():
             return
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-
-        repo = self.direct.repo(artifact_uri) if self.direct is not None else None
-        if repo is None:
-            repo = get_artifact_repository(artifact_uri, tracking_uri=self.client.tracking_uri)
+        repo = artifacts.repository(artifact_uri, self.client.tracking_uri, self.direct)
         jobs = []
         for p in sorted(local_dir.rglob("*")):
             if p.is_file():
@@ -544,15 +540,8 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
             _plan(r, result, selected, states, clash, exp_ids, run_ids, lm_ids, source_keys)
             return result
 
-        if artifacts_destination and selected and not r.is_server:
-            log.info("the target is not a tracking server: --artifacts-destination is not used")
-        elif artifacts_destination and selected:
-            direct = DirectStore(artifacts_destination)
-            try:
-                direct.check(client.tracking_uri)
-            except ArtifactStoreError as exc:
-                raise RestoreError(f"{exc}; nothing was changed") from None
-            r.direct = direct
+        if artifacts_destination and selected:
+            r.direct = _direct_store(r, artifacts_destination)
         r.ensure_experiments(exp_ids)
         existing_runs = r.existing_runs()
         existing_lms = r.existing_logged_models()
@@ -677,6 +666,19 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
             r.failures,
         )
     return result
+
+
+def _direct_store(r: _Restorer, destination: str) -> DirectStore | None:
+    """The checked direct artifact store for a restore into a tracking server (None otherwise)."""
+    if not r.is_server:
+        log.info("the target is not a tracking server: --artifacts-destination is not used")
+        return None
+    direct = DirectStore(destination)
+    try:
+        direct.check(r.client.tracking_uri)
+    except ArtifactStoreError as exc:
+        raise RestoreError(f"{exc}; nothing was changed") from None
+    return direct
 
 
 def _dependencies(r: _Restorer, selected: list[dict]):

@@ -545,10 +545,7 @@ def _launch(name: str, s: Settings, secrets: dict, stack_id: str) -> dict:
             tag,
             MLFLOW_BACKEND_STORE_URI=backend_store_uri(s.ports, secrets),
             MLFLOW_ARTIFACTS_DESTINATION=f"s3://{s.bucket}",
-            MLFLOW_S3_ENDPOINT_URL=f"http://{HOST}:{s.ports['s3']}",
-            AWS_ACCESS_KEY_ID=secrets["s3_access_key"],
-            AWS_SECRET_ACCESS_KEY=secrets["s3_secret_key"],
-            AWS_DEFAULT_REGION="us-east-1",
+            **s3_client_env(s.ports, secrets),
             MLFLOW_HOST=HOST,
             MLFLOW_PORT=port,
             MLFLOW_WORKERS=s.mlflow_workers,
@@ -783,6 +780,13 @@ def storage_env(stack_dir: Path, state: dict) -> dict[str, str]:
     return {
         "MLOPS_BACKEND_STORE_URI": backend_store_uri(ports, secrets),
         "MLOPS_ARTIFACTS_DESTINATION": f"s3://{state.get('bucket', 'mlflow')}",
+        **s3_client_env(ports, secrets),
+    }
+
+
+def s3_client_env(ports: dict[str, int], secrets: dict) -> dict[str, str]:
+    """How an S3 client (boto3, as MLflow uses it) reaches the stack's endpoint."""
+    return {
         "MLFLOW_S3_ENDPOINT_URL": f"http://{HOST}:{ports['s3']}",
         "AWS_ACCESS_KEY_ID": secrets["s3_access_key"],
         "AWS_SECRET_ACCESS_KEY": secrets["s3_secret_key"],

@@ -146,3 +146,38 @@ def start_mlflow_server(
         cmd += ["--artifacts-destination", artifacts_destination, "--serve-artifacts"]
     env = clean_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **(extra_env or {}))
     return service(cmd, env, tmp / f"mlflow-{port}.log", f"http://127.0.0.1:{port}/health", timeout=180), port
+
+
+def healths(url: str, n: int = 20) -> dict[int, dict]:
+    """/health of each worker that answered ``n`` fresh connections (they land on every worker)."""
+    seen: dict[int, dict] = {}
+    for _ in range(n):
+        h = requests.get(url + "/health", headers={"Connection": "close"}, timeout=10).json()
+        seen[h["pid"]] = h
+    return seen
+
+
+def gauge(url: str, name: str, **labels) -> float:
+    """Sum of the samples of metric ``name`` matching ``labels`` in /metrics."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for fam in text_string_to_metric_families(requests.get(url + "/metrics", timeout=10).text):
+        for s in fam.samples:
+            if s.name == name and all(s.labels.get(k) == str(v) for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+def live_processes():
+    """(pid, /proc stat fields after the command name) of every live, non-zombie process."""
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            raw = Path(f"/proc/{name}/stat").read_text()
+        except OSError:
+            continue
+        fields = raw[raw.rindex(")") + 2:].split()
+        if fields[0] != "Z":
+            yield int(name), fields

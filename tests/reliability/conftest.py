@@ -25,9 +25,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import BIN, ROOT, clean_env, run
+from tests.helpers import BIN, ROOT, clean_env, gauge, healths, live_processes, run
 
 MODEL = "breast-cancer-classifier"
 WORKERS = 2
@@ -107,29 +106,10 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition", interval: 
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last!r})")
 
 
-def healths(url: str, n: int = 20) -> dict[int, dict]:
-    """/health of each worker that answered (new connections land on every worker)."""
-    seen: dict[int, dict] = {}
-    for _ in range(n):
-        h = requests.get(url + "/health", headers={"Connection": "close"}, timeout=10).json()
-        seen[h["pid"]] = h
-    return seen
-
-
 def all_workers(url: str, predicate) -> bool:
     """True when ``WORKERS`` workers answered /health and ``predicate(health)`` holds for each."""
     seen = healths(url)
     return len(seen) == WORKERS and all(predicate(h) for h in seen.values())
-
-
-def gauge(url: str, name: str, **labels) -> float:
-    """Sum of the samples of metric ``name`` matching ``labels`` in /metrics."""
-    total = 0.0
-    for fam in text_string_to_metric_families(requests.get(url + "/metrics", timeout=10).text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == str(v) for k, v in labels.items()):
-                total += s.value
-    return total
 
 
 def served_by_all(url: str, version: str) -> bool:
@@ -140,18 +120,7 @@ def served_by_all(url: str, version: str) -> bool:
 
 def _live(field: int, value: int) -> list[int]:
     """Live (non-zombie) pids whose /proc stat field ``field`` (1: parent, 2: group) is ``value``."""
-    found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            raw = Path(f"/proc/{name}/stat").read_text()
-        except OSError:
-            continue
-        fields = raw[raw.rindex(")") + 2:].split()
-        if fields[0] != "Z" and int(fields[field]) == value:
-            found.append(int(name))
-    return sorted(found)
+    return sorted(pid for pid, fields in live_processes() if int(fields[field]) == value)
 
 
 def group_alive(pgid: int) -> list[int]:

@@ -10,9 +10,8 @@ import time
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
-from tests.helpers import start_mlflow_server, start_serving
+from tests.helpers import gauge, healths, start_mlflow_server, start_serving
 from tests.serving.conftest import MODEL, copy_store, promote, register_broken, register_same_as
 
 pytestmark = pytest.mark.slow
@@ -32,16 +31,6 @@ ROW = json.dumps({"dataframe_split": {
 HEADERS = {"Content-Type": "application/json"}
 
 
-def gauge(url: str, name: str, **labels) -> float:
-    text = requests.get(url + "/metrics", timeout=10).text
-    total = 0.0
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and all(s.labels.get(k) == str(v) for k, v in labels.items()):
-                total += s.value
-    return total
-
-
 def wait_for(predicate, timeout: float = 60, what: str = "condition"):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -50,15 +39,6 @@ def wait_for(predicate, timeout: float = 60, what: str = "condition"):
             return value
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def healths(url: str, n: int = 30) -> dict[int, dict]:
-    """/health of each worker (fresh connections land on all of them)."""
-    seen: dict[int, dict] = {}
-    for _ in range(n):
-        h = requests.get(url + "/health", headers={"Connection": "close"}, timeout=10).json()
-        seen[h["pid"]] = h
-    return seen
 
 
 class Load:
@@ -132,7 +112,7 @@ def test_swap_under_load_without_a_failed_request(served):
     assert len(load.results) > 50
     assert {v for _, _, v in load.results} == {"1", new}
     assert all(v == new for t, _, v in load.results if t > converged_at + 0.05)
-    assert all(h["model_version"] == new for h in healths(url).values())
+    assert all(h["model_version"] == new for h in healths(url, 30).values())
     last_old = max(t for t, _, v in load.results if v == "1")
     print(f"\nswap: every worker on v{new} {converged_at - promoted_at:.2f}s after the promotion "
           f"(last v1 answer {last_old - promoted_at:.2f}s after), {len(load.results)} requests, 0 failed")
@@ -151,7 +131,7 @@ def test_a_broken_version_is_refused_and_the_old_one_keeps_serving(served):
     assert not load.errors, load.errors[:5]
     assert {v for _, _, v in load.results} == {good}
 
-    for h in healths(url).values():
+    for h in healths(url, 30).values():
         assert h["model_version"] == good and h["status"] == "degraded"
         assert h["registry"]["selected_version"] == broken
         assert (h["last_swap_error"]["version"], h["last_swap_error"]["phase"]) == (broken, "load")
@@ -178,7 +158,7 @@ def test_registry_outage_keeps_serving_and_a_restart_starts_from_cache(served):
     served.server.stop()  # the registry goes away while the service runs
     wait_for(lambda: all(h["registry"]["reachable"] is False for h in healths(url, 10).values()),
              what="every worker to notice the outage")
-    for h in healths(url).values():
+    for h in healths(url, 30).values():
         assert (h["status"], h["model_version"], h["started_from_cache"]) == ("degraded", version, False)
     for _ in range(20):
         r = requests.post(url + "/invocations", data=ROW, headers=HEADERS, timeout=10)
@@ -190,7 +170,7 @@ def test_registry_outage_keeps_serving_and_a_restart_starts_from_cache(served):
     ctx, port = start_serving(served.remote, served.tmp, workers=2, MODEL_ALIAS="production", MODEL_STAGE="")
     with ctx:
         url2 = f"http://127.0.0.1:{port}"
-        for h in healths(url2).values():
+        for h in healths(url2, 30).values():
             assert (h["model_version"], h["loaded_from"], h["started_from_cache"]) == (version, "cache", True)
             assert h["registry"]["reachable"] is False and h["status"] == "degraded"
         info = requests.get(url2 + "/api/model/info", timeout=10).json()

@@ -11,7 +11,6 @@ credentials. Then A is stopped and started again on the same folder and still se
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers import BIN, ROOT, clean_env, run
+from tests.helpers import BIN, ROOT, clean_env, live_processes, run
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.timeout(900)]
 
@@ -55,18 +54,13 @@ def _secrets(stack_dir: Path) -> dict:
 def _processes_under(folder: Path) -> list[int]:
     """Live processes whose command line or stack tag points into ``folder`` (zombies excluded)."""
     found = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
+    for pid, _ in live_processes():
         try:
-            stat = Path(f"/proc/{name}/stat").read_text()
-            if stat[stat.rindex(")") + 2] == "Z":
-                continue
-            cmdline = Path(f"/proc/{name}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         if str(folder) in cmdline:
-            found.append(int(name))
+            found.append(pid)
     return found
 
 
