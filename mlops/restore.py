@@ -21,6 +21,7 @@ import logging
 import os
 import shutil
 import threading
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -40,7 +41,7 @@ from mlflow.entities import (
 )
 from mlflow.exceptions import MlflowException
 
-from mlops import archive, artifacts, config, registry
+from mlops import archive, artifacts, config, registry, restore_db
 from mlops.artifacts import ArtifactStoreError, DirectStore
 from mlops.backup import tracking_uri_set
 
@@ -162,18 +163,37 @@ class _Restorer:
             for lock in locks:
                 lock.release()
 
-    def upload(self, artifact_uri: str, local_dir: Path) -> None:
-        """Upload every file under ``local_dir`` to ``artifact_uri``, files in parallel."""
+    def submit_uploads(self, artifact_uri: str, local_dir: Path) -> list:
+        """Queue every file under ``local_dir`` for upload to ``artifact_uri``; the futures."""
         if not local_dir.is_dir():
-            return
+            return []
         repo = artifacts.repository(artifact_uri, self.client.tracking_uri, self.direct)
         jobs = []
         for p in sorted(local_dir.rglob("*")):
             if p.is_file():
                 rel = p.parent.relative_to(local_dir).as_posix()
                 jobs.append(self.file_pool.submit(repo.log_artifact, str(p), None if rel == "." else rel))
-        for j in jobs:
+        return jobs
+
+    def upload(self, artifact_uri: str, local_dir: Path) -> None:
+        """Upload every file under ``local_dir`` to ``artifact_uri``, files in parallel."""
+        for j in self.submit_uploads(artifact_uri, local_dir):
             j.result()
+
+    def upload_all(self, jobs: list[tuple[str, Path, str]]) -> None:
+        """Upload many folders at once: (artifact URI, local folder, label); one tick per folder."""
+        queued = [(label, self.submit_uploads(uri, local)) for uri, local, label in jobs]
+        errors = []
+        for label, futures in queued:
+            for f in futures:
+                try:
+                    f.result()
+                except Exception as exc:  # noqa: BLE001 - every failure is collected and reported
+                    errors.append(f"{label}: {_msg(exc)}")
+                    break
+            self.tick(label)
+        if errors:
+            raise RestoreError(f"uploading files failed ({errors[0]}); nothing was written to the registry", errors)
 
     # ---- experiments ---------------------------------------------------------------------
     def ensure_experiments(self, ids: set[str], dry: list[str] | None = None) -> None:
@@ -480,6 +500,8 @@ def restore(
     dry_run: bool = False,
     if_exists: str = "fail",
     artifacts_destination: str | None = None,
+    backend_store_uri: str | None = None,
+    database: bool = True,
     workers: int = 8,
     on_progress: Progress | None = None,
 ) -> RestoreResult:
@@ -488,7 +510,9 @@ def restore(
     Raises RestoreError (with every failure listed) if anything could not be restored; re-running
     the same command finishes an interrupted or failed restore. ``artifacts_destination`` (the
     server's ``--artifacts-destination``) writes proxied artifacts into that store directly (see
-    :mod:`mlops.artifacts`).
+    :mod:`mlops.artifacts`). A SQL store, or a server together with its database
+    (``backend_store_uri``), is written row by row in one transaction (:mod:`mlops.restore_db`);
+    ``database=False`` goes through MLflow's API calls instead.
     """
     if if_exists not in ("fail", "skip"):
         raise RestoreError(f"--if-exists must be fail or skip, not {if_exists!r}")
@@ -496,13 +520,13 @@ def restore(
     try:
         with tracking_uri_set(client.tracking_uri):
             return _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_progress,
-                            artifacts_destination)
+                            artifacts_destination, backend_store_uri if database else None, database)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
 
 def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_progress,
-             artifacts_destination=None) -> RestoreResult:
+             artifacts_destination=None, backend_store_uri=None, database=True) -> RestoreResult:
     try:
         reg = json.loads((folder / "registry.json").read_text())
     except (OSError, ValueError) as exc:
@@ -536,8 +560,12 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
         exp_ids = {r.run_record(rid)["experiment_id"] for rid in run_ids}
         lm_recs = {mid: r.lm_record(mid) for mid in lm_ids}
         exp_ids |= {rec["experiment_id"] for rec in lm_recs.values()}
+        engine = _database(r, backend_store_uri, database) if selected else None
         if dry_run:
             _plan(r, result, selected, states, clash, exp_ids, run_ids, lm_ids, source_keys)
+            result.plan.append(
+                "write: every row into the database in one transaction" if engine is not None
+                else "write: through the tracking server's API, model by model")
             return result
 
         if artifacts_destination and selected:
@@ -546,6 +574,11 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
         existing_runs = r.existing_runs()
         existing_lms = r.existing_logged_models()
         r.total = len(run_ids) + len(lm_ids) + len(source_keys) + sum(int(m["max_version"]) for m in selected)
+        if engine is not None:
+            _restore_rows(r, engine, result, selected, states, run_ids, lm_ids, dict(source_keys), lm_recs,
+                          existing_runs, existing_lms)
+            _raise_failures(r)
+            return result
         failed_deps: set[str] = set()
 
         # Runs, in parallel.
@@ -567,14 +600,7 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
                 result.runs_created += 1
 
         # Logged models and plain sources, in parallel (they name their restored runs).
-        outputs: dict[str, list[tuple[str, int]]] = {}
-        inputs: dict[str, list[str]] = {}
-        for rid in run_ids:
-            rec = r.run_record(rid)
-            for o in rec.get("model_outputs", []):
-                outputs.setdefault(o["model_id"], []).append((rid, int(o.get("step") or 0)))
-            for mid in rec.get("model_inputs", []):
-                inputs.setdefault(mid, []).append(rid)
+        outputs, inputs = _model_links(r, run_ids)
         todo = []
         for mid in sorted(lm_ids):
             prior = existing_lms.get(mid)
@@ -659,13 +685,187 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
                     r.failures.append(f"run {rid}: cannot mark deleted: {_msg(exc)}")
     finally:
         r.close()
+    _raise_failures(r)
+    return result
+
+
+def _raise_failures(r: _Restorer) -> None:
     if r.failures:
         raise RestoreError(
             f"restore incomplete: {len(r.failures)} problem(s), first: {r.failures[0]}; "
             "fix the cause and re-run the same command to finish",
             r.failures,
         )
-    return result
+
+
+def _database(r: _Restorer, backend_store_uri: str | None, database: bool):
+    """The SQLAlchemy engine to write rows into, or None for MLflow's API calls."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    if not database:
+        return None
+    if r.is_server:
+        if not backend_store_uri:
+            return None
+        try:
+            engine = restore_db.open_engine(backend_store_uri)
+            restore_db.check_server_database(engine, r.client)
+        except restore_db.DatabaseTargetError as exc:
+            raise RestoreError(str(exc)) from None
+        return engine
+    if backend_store_uri:
+        log.info("the target is not a tracking server: --backend-store-uri is not used")
+    store = getattr(r.client._tracking_client, "store", None)
+    if isinstance(store, SqlAlchemyStore) and r.client._registry_uri == r.client.tracking_uri:
+        return store.engine
+    return None
+
+
+def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[dict], states: dict,
+                  run_ids: set[str], lm_ids: set[str], source_keys: dict, lm_recs: dict,
+                  existing_runs: dict, existing_lms: dict) -> None:
+    """Everything the API path creates, as rows in one transaction (after the files are uploaded)."""
+    from mlflow.utils.name_utils import _generate_random_name
+    from mlflow.utils.uri import append_to_uri_path
+
+    c = r.client
+    b = restore_db.RowBuilder(engine)
+    locations: dict[str, str] = {}
+    lm_location: dict[str, str] = {}
+    uploads: list[tuple[str, Path, str]] = []
+
+    def exp_location(eid: str) -> str:
+        if eid not in locations:
+            locations[eid] = c.get_experiment(eid).artifact_location
+        return locations[eid]
+
+    try:
+        fresh_runs = {}
+        for rid in sorted(run_ids):
+            prior = existing_runs.get(rid)
+            if prior is not None:
+                r.run_map[rid], r.run_uri[rid] = prior.info.run_id, prior.info.artifact_uri
+                result.runs_reused += 1
+                r.tick(f"run {rid} (already restored)")
+                continue
+            rec = r.run_record(rid)
+            new = uuid.uuid4().hex
+            r.run_map[rid] = new
+            r.run_uri[rid] = append_to_uri_path(exp_location(r.exp_map[rec["experiment_id"]]), new, "artifacts")
+            fresh_runs[rid] = rec
+        b.known_datasets(r.exp_map[rec["experiment_id"]] for rec in fresh_runs.values())
+        for rid, rec in fresh_runs.items():
+            tags = {k: v for k, v in rec["tags"].items() if not k.startswith(RESTORE_TAG_PREFIX)}
+            user = rec["tags"].get("mlflow.user") or rec.get("user_id")
+            if user:
+                tags.setdefault("mlflow.user", user)
+            tags["mlflow.runName"] = rec.get("run_name") or tags.get("mlflow.runName") or _generate_random_name()
+            tags[PROV_RUN] = rid
+            b.run({**rec, "user_id": rec.get("user_id") or user}, r.exp_map[rec["experiment_id"]], r.run_uri[rid],
+                  r.run_map[rid], tags, deleted=rec.get("lifecycle_stage") == "deleted")
+            uploads.append((r.run_uri[rid], r.folder / "runs" / rid / "artifacts", f"run {rid}"))
+            result.runs_created += 1
+
+        outputs, inputs = _model_links(r, run_ids)
+        reused_lms = []
+        for mid in sorted(lm_ids):
+            prior = existing_lms.get(mid)
+            if prior is not None:
+                r.lm_map[mid], lm_location[prior.model_id] = prior.model_id, prior.artifact_location
+                reused_lms.append(mid)
+                result.logged_models_reused += 1
+                r.tick(f"logged model {mid} (already restored)")
+                continue
+            rec = lm_recs[mid]
+            eid = r.exp_map[rec["experiment_id"]]
+            new = f"m-{uuid.uuid4().hex}"
+            loc = append_to_uri_path(exp_location(eid), "models", new, "artifacts")
+            tags = {k: v for k, v in rec["tags"].items() if not k.startswith(RESTORE_TAG_PREFIX)}
+            tags[PROV_MODEL] = mid
+            b.logged_model(
+                new, eid, rec["name"], loc, source_run_id=r.run_map.get(rec.get("source_run_id") or ""), tags=tags,
+                params=rec["params"], model_type=rec.get("model_type") or None,
+                status=rec.get("status") if rec.get("status") in ("READY", "FAILED") else "READY",
+                status_message=rec.get("status_message"), created=rec.get("creation_timestamp"),
+                metrics=[{**m, "run_id": r.run_map[m["run_id"]]} for m in rec.get("metrics", [])
+                         if r.run_map.get(m.get("run_id") or "")],
+                outputs=runs_for(outputs.get(mid, []), r.run_map), inputs=[r.run_map[s] for s in inputs.get(mid, []) if s in r.run_map],
+            )
+            r.lm_map[mid], lm_location[new] = new, loc
+            uploads.append((loc, r.folder / "logged_models" / mid / "artifacts", f"logged model {mid}"))
+            result.logged_models_created += 1
+        for key in sorted(source_keys):
+            prior = existing_lms.get(f"source:{key}")
+            if prior is not None:
+                r.src_map[key], lm_location[prior.model_id] = prior.model_id, prior.artifact_location
+                r.tick(f"source {key} (already restored)")
+                continue
+            v = source_keys[key]
+            exp = r.run_record(v["run_id"])["experiment_id"] if v.get("run_id") in run_ids else None
+            eid = r.exp_map.get(exp or "") or config.ensure_experiment(c, "Default")
+            new = f"m-{uuid.uuid4().hex}"
+            loc = append_to_uri_path(exp_location(eid), "models", new, "artifacts")
+            b.logged_model(new, eid, "model", loc, source_run_id=r.run_map.get(v.get("run_id") or ""),
+                           tags={PROV_MODEL: f"source:{key}"})
+            r.src_map[key], lm_location[new] = new, loc
+            uploads.append((loc, r.folder / "sources" / key / "artifacts", f"source {key}"))
+
+        def storage(args: dict) -> str:
+            return lm_location[args["model_id"]] if args.get("model_id") else args["source"]
+
+        for m in selected:
+            tags = {k: v for k, v in m["tags"].items() if not k.startswith(RESTORE_TAG_PREFIX)}
+            tags[DONE_TAG] = r.backup_id
+            live, deleted = b.registered_model(m, tags, r.version_args, storage)
+            result.models.append(m["name"])
+            result.versions += live
+            result.placeholders += deleted
+    except MlflowException as exc:
+        raise RestoreError(f"the archive holds something MLflow does not accept: {_msg(exc)}; nothing was changed") from None
+
+    r.upload_all(uploads)
+    for m in selected:
+        if states[m["name"]] == "resume":
+            log.info("%s: finishing an interrupted restore (rebuilding the registered model)", m["name"])
+            c.delete_registered_model(m["name"])
+    try:
+        restore_db.write(engine, b.rows)
+    except Exception as exc:  # noqa: BLE001 - a database error of any kind is one line
+        raise RestoreError(f"writing to the database failed, nothing was written to it: {_msg(exc)}") from None
+    log.info("wrote %d rows into the database in one transaction", b.rows.count())
+    r.tick("registered models", sum(int(m["max_version"]) for m in selected))
+
+    # Logged models and runs an earlier (interrupted) restore made are put right as the API path does.
+    for mid in reused_lms:
+        try:
+            r.fix_model_versions_tag(lm_recs[mid], r.lm_map[mid], False)
+        except MlflowException as exc:
+            r.failures.append(f"logged model {mid}: cannot reset {MODEL_VERSIONS_TAG}: {_msg(exc)}")
+    for rid in sorted(run_ids):
+        if rid not in fresh_runs and r.run_record(rid).get("lifecycle_stage") == "deleted":
+            try:
+                if c.get_run(r.run_map[rid]).info.lifecycle_stage == "active":
+                    c.delete_run(r.run_map[rid])
+            except MlflowException as exc:
+                r.failures.append(f"run {rid}: cannot mark deleted: {_msg(exc)}")
+
+
+def _model_links(r: _Restorer, run_ids: set[str]) -> tuple[dict[str, list[tuple[str, int]]], dict[str, list[str]]]:
+    """Per source logged model: the source runs that output it (with the step) and that took it as input."""
+    outputs: dict[str, list[tuple[str, int]]] = {}
+    inputs: dict[str, list[str]] = {}
+    for rid in run_ids:
+        rec = r.run_record(rid)
+        for o in rec.get("model_outputs", []):
+            outputs.setdefault(o["model_id"], []).append((rid, int(o.get("step") or 0)))
+        for mid in rec.get("model_inputs", []):
+            inputs.setdefault(mid, []).append(rid)
+    return outputs, inputs
+
+
+def runs_for(outputs: list[tuple[str, int]], run_map: dict[str, str]) -> list[tuple[str, int]]:
+    """(restored run id, step) for the source runs that were restored."""
+    return [(run_map[s], step) for s, step in outputs if s in run_map]
 
 
 def _direct_store(r: _Restorer, destination: str) -> DirectStore | None:

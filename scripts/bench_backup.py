@@ -6,7 +6,10 @@ None/Staging/Production/Archived; aliases production/staging/champion; one run a
 model per version with params, a metric history, a dataset input and three plots) on a local
 `mlflow server` with proxied artifacts, then times
 
-  * `mlops backup` from that server and `mlops restore` into a fresh server, checking the result;
+  * `mlops backup` from that server and `mlops restore` into a fresh server, checking the result,
+    three ways: everything through the server's API; files straight from/to the server's artifact
+    store (--artifacts-destination); and also the restore's rows straight into the server's
+    database (--backend-store-uri);
   * mlflow-export-import (export-models + import-models) on the same data into another fresh
     server, if it can be installed (``pip install --target`` into a throwaway folder, never into
     the project's environment) and run.
@@ -213,7 +216,7 @@ def main() -> int:
             f"one run + one logged model per version; built in {time.perf_counter() - t0:.1f} s")
 
         # --- mlops ---------------------------------------------------------------------------
-        def ours(label: str, direct: bool) -> tuple[float, float] | None:
+        def ours(label: str, direct: bool, database: bool) -> tuple[float, float] | None:
             """mlops backup from the source + restore into a fresh server; (backup s, restore s)."""
             archive = tmp / f"registry-{label}.tar.gz"
             extra = ["--artifacts-destination", str(src_store)] if direct else []
@@ -222,8 +225,9 @@ def main() -> int:
             if b_rc != 0:
                 say(f"mlops backup ({label}) FAILED (exit {b_rc}): {last_line(tmp / f'mlops-backup-{label}.log')}")
                 return None
-            tgt, _, tgt_store = server(f"target-{label}")
+            tgt, tgt_db, tgt_store = server(f"target-{label}")
             extra = ["--artifacts-destination", str(tgt_store)] if direct else []
+            extra += ["--backend-store-uri", tgt_db] if database else []
             r_s, r_rc = timed([str(BIN / "mlops"), "restore", str(archive), *extra],
                               clean_env(MLFLOW_TRACKING_URI=tgt), tmp / f"mlops-restore-{label}.log")
             if r_rc != 0:
@@ -236,13 +240,15 @@ def main() -> int:
             say(f"  total  : {b_s + r_s:6.1f} s")
             return (b_s, r_s) if same else None
 
-        modes = {
-            "artifacts through the server's proxy (the anchor's path)": False,
-            "artifacts read/written in the server's store directly (--artifacts-destination)": True,
+        modes = {  # label: (short name, files straight to/from the store, restore rows into the database)
+            "everything through the server's API and artifact proxy (the anchor's path)": ("proxy", False, False),
+            "artifacts read/written in the server's store directly (--artifacts-destination)": ("direct", True, False),
+            "artifacts in the store and the restore's rows in the server's database directly "
+            "(--artifacts-destination --backend-store-uri)": ("database", True, True),
         }
         timings = {}
-        for label, direct in modes.items():
-            got = ours("direct" if direct else "proxy", direct)
+        for label, (short, direct, database) in modes.items():
+            got = ours(short, direct, database)
             if got is None:
                 return 1
             timings[label] = got
@@ -279,7 +285,8 @@ def main() -> int:
                                 f"mlops backup {b_s:.1f} s = {e_s / b_s:.1f}x")
                         say(f"import leg: export-import stopped after {i_s:.1f} s with {restored}/{n_versions} "
                             f"versions; mlops restore finished in "
-                            + " / ".join(f"{r_s:.1f} s" for _, r_s in timings.values()) + " (proxy / direct)")
+                            + " / ".join(f"{r_s:.1f} s" for _, r_s in timings.values())
+                            + " (" + " / ".join(v[0] for v in modes.values()) + ")")
                 else:
                     note = "its export failed (see above)"
         say(f"load average at the end: {os.getloadavg()[0]:.1f} (other work on the machine slows both tools)")

@@ -145,14 +145,23 @@ def backup(out: Path | None, models: str | None, verify: Path | None, backend_st
               help="The tracking server's --artifacts-destination (s3://bucket/path or a folder), with "
                    "that store's credentials in the environment: proxied artifacts are written there directly "
                    "instead of one request each through the server. Checked against the server first.")
+@click.option("--backend-store-uri", default=None, envvar="MLOPS_BACKEND_STORE_URI", metavar="URI",
+              help="SQL URI of the tracking server's database (its --backend-store-uri): the registry's rows "
+                   "are written there in one transaction instead of thousands of API calls. Checked against "
+                   "the server first; must be at this MLflow's schema revision.")
+@click.option("--through-api", is_flag=True,
+              help="Write through MLflow's API calls even into a SQL store (slower; the default for a server "
+                   "without --backend-store-uri).")
 @click.option("--workers", type=click.IntRange(1, 64), default=8, show_default=True,
               help="Parallel uploads and models restored at once.")
 @tracking_option
 def restore(archive: Path, models: str | None, dry_run: bool, if_exists: str, artifacts_destination: str | None,
-            workers: int, tracking_uri: str) -> None:
+            backend_store_uri: str | None, through_api: bool, workers: int, tracking_uri: str) -> None:
     """Import a backup ARCHIVE into the tracking server, with the exact version numbers.
 
-    The archive is verified first (checksums, no links, no paths outside it). Re-running the
+    The archive is verified first (checksums, no links, no paths outside it). Into a SQL store
+    (the embedded default, or a server with --backend-store-uri) every row is written in one
+    transaction: an interrupted restore changes nothing. Through a server's API, re-running the
     same command finishes an interrupted restore without duplicating anything.
     """
     from mlops.restore import RestoreError
@@ -164,7 +173,8 @@ def restore(archive: Path, models: str | None, dry_run: bool, if_exists: str, ar
     bar = _Bar("restoring")
     try:
         res = run_restore(client, archive, _names(models), dry_run=dry_run, if_exists=if_exists,
-                          artifacts_destination=artifacts_destination, workers=workers, on_progress=bar)
+                          artifacts_destination=artifacts_destination, backend_store_uri=backend_store_uri,
+                          database=not through_api, workers=workers, on_progress=bar)
     except RestoreError as exc:
         bar.close()
         if len(exc.failures) > 1:

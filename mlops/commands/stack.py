@@ -156,8 +156,9 @@ def restart_cmd(components, stack_dir, timeout) -> None:
 @click.option("--with-secrets", is_flag=True, help="Also export ADMIN_TOKEN (serving's admin token).")
 @click.option("--with-storage", is_flag=True,
               help="Also export the storage credentials (MLOPS_BACKEND_STORE_URI, MLOPS_ARTIFACTS_DESTINATION and "
-                   "the S3 endpoint and keys): `mlops backup` / `mlops restore` then record every deleted version "
-                   "number and move files straight to and from the bucket.")
+                   "the S3 endpoint and keys): `mlops backup` then records every deleted version number, "
+                   "`mlops restore` writes its rows into the database in one transaction, and both move files "
+                   "straight to and from the bucket.")
 def env_cmd(stack_dir, with_secrets, with_storage) -> None:
     """Print `export` lines for a shell pointed at the stack: eval "$(mlops stack env)"."""
     folder = _dir(stack_dir)

@@ -106,6 +106,8 @@ def test_round_trip_into_empty_sqlite_store(source_registry, archive, tmp_path, 
 
 def test_interrupted_restore_finishes_on_rerun_without_duplicates(source_registry, archive, tmp_path, monkeypatch,
                                                                   new_store):
+    """Through MLflow's API calls (as into a server without its database): a restore interrupted
+    anywhere is finished by running it again."""
     uri = new_store(tmp_path)
     client = registry.get_client(uri)
 
@@ -120,7 +122,7 @@ def test_interrupted_restore_finishes_on_rerun_without_duplicates(source_registr
 
     monkeypatch.setattr(restore_mod._Restorer, "upload", flaky_upload)
     with pytest.raises(restore_mod.RestoreError) as err:
-        restore_mod.restore(client, archive, workers=2)
+        restore_mod.restore(client, archive, workers=2, database=False)
     assert any("connection reset" in f for f in err.value.failures)
     assert any(f.startswith(f"model {NAME}: not restored") for f in err.value.failures)
     assert [m.name for m in client.search_registered_models()] == [OTHER]
@@ -137,12 +139,12 @@ def test_interrupted_restore_finishes_on_rerun_without_duplicates(source_registr
 
     monkeypatch.setattr(MlflowClient, "create_model_version", dying_create)
     with pytest.raises(restore_mod.RestoreError, match="server went away"):
-        restore_mod.restore(client, archive, workers=2)
+        restore_mod.restore(client, archive, workers=2, database=False)
     assert restore_mod.IN_PROGRESS_TAG in client.get_registered_model(NAME).tags
 
     # 3rd attempt without faults finishes the job; nothing is duplicated.
     monkeypatch.setattr(MlflowClient, "create_model_version", real_create)
-    res = restore_mod.restore(client, archive, workers=2)
+    res = restore_mod.restore(client, archive, workers=2, database=False)
     assert res.models == [NAME] and res.already == [OTHER]
     assert res.runs_reused == 3 and res.logged_models_reused == 2
     assert _counts(uri) == (3, 2)
@@ -231,3 +233,89 @@ def test_round_trip_with_the_artifact_store_read_and_written_directly(source_reg
     mlops("restore", second, uri=target)
     _assert_same(source_registry["snapshot"], registry_data.snapshot(target, NAME))
     assert registry_data.predictions(target, NAME) == source_registry["predictions"]
+
+
+def _no_api_writes(monkeypatch) -> None:
+    """Make every MLflow write call that a restore through the API would make fail loudly."""
+    def through_api(*_a, **_k):
+        raise AssertionError("a row went through MLflow's API instead of the database")
+
+    for method in ("create_run", "log_batch", "set_terminated", "create_logged_model", "finalize_logged_model",
+                   "create_model_version", "transition_model_version_stage", "set_registered_model_alias"):
+        monkeypatch.setattr(MlflowClient, method, through_api)
+
+
+def test_round_trip_into_a_server_through_its_database(source_registry, archive, tmp_path, new_store, monkeypatch):
+    """--backend-store-uri: every row written into the server's own database in one transaction
+    (files straight into its store); the wrong database, or one at another schema revision, is
+    refused before anything changes; the server then serves the restored registry."""
+    import sqlite3
+
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    store = tmp_path / "served"
+    ctx, port = start_mlflow_server(backend, tmp_path, artifacts_destination=str(store))
+    with ctx:
+        uri = f"http://127.0.0.1:{port}"
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+        # Another store's database: one line, nothing created.
+        other = new_store(tmp_path / "other")
+        proc = mlops("restore", archive, "--backend-store-uri", other, "--artifacts-destination", store, uri=uri,
+                     check=False)
+        assert proc.returncode != 0 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith(
+            "error: the database given with --backend-store-uri (MLOPS_BACKEND_STORE_URI) is not the one"), proc.stderr
+        # A database at another schema revision (e.g. a server of another MLflow version): refused.
+        old = tmp_path / "old" / "mlruns" / "mlflow.db"
+        old.parent.mkdir(parents=True)
+        old.write_bytes((tmp_path / "server.db").read_bytes())
+        with sqlite3.connect(old) as con:
+            con.execute("UPDATE alembic_version SET version_num = '0000aaaa0000'")
+        proc = mlops("restore", archive, "--backend-store-uri", f"sqlite:///{old}", uri=uri, check=False)
+        assert proc.returncode != 0 and "schema revision 0000aaaa0000" in proc.stderr, proc.stderr
+        assert client.search_registered_models() == [] and _counts(uri) == (0, 0)
+
+        with monkeypatch.context() as m:
+            _no_api_writes(m)
+            res = restore_mod.restore(client, archive, backend_store_uri=backend, artifacts_destination=str(store))
+        assert (res.runs_created, res.logged_models_created, res.placeholders) == (3, 2, 5), res
+        # The server serves what was written behind its back: numbers, gaps, counter, stages, runs, files.
+        _assert_same(source_registry["snapshot"], registry_data.snapshot(uri, NAME, backend))
+        assert registry_data.predictions(uri, NAME) == source_registry["predictions"]
+        assert registry.history(client, NAME) == registry.history(registry.get_client(source_registry["uri"]), NAME)
+        # And the server goes on numbering after the restored counter.
+        src = client.get_model_version(OTHER, "2").source
+        mv = client.create_model_version(OTHER, src, model_id=src.split("/")[1], await_creation_for=0)
+        assert int(mv.version) == 3
+
+        again = mlops("restore", archive, "--backend-store-uri", backend, uri=uri)
+        assert again.stdout.count("already restored from this archive") == 2
+
+
+def test_a_restore_into_the_database_is_all_or_nothing(source_registry, archive, tmp_path, new_store, monkeypatch):
+    """One transaction: when a row cannot be written (here another user creates the same model
+    between the check and the write), nothing of the restore is in the database; the next run
+    does the whole job."""
+    uri = new_store(tmp_path)
+    client = registry.get_client(uri)
+    real = restore_mod.restore_db.RowBuilder.registered_model
+
+    def racing(self, m, *a, **kw):
+        if m["name"] == NAME and not client.search_registered_models(f"name = '{NAME}'"):
+            client.create_registered_model(NAME, description="created meanwhile by someone else")
+        return real(self, m, *a, **kw)
+
+    monkeypatch.setattr(restore_mod.restore_db.RowBuilder, "registered_model", racing)
+    with pytest.raises(restore_mod.RestoreError, match="nothing was written to it") as err:
+        restore_mod.restore(client, archive)
+    assert "\n" not in str(err.value)
+    assert [m.name for m in client.search_registered_models()] == [NAME]  # only the other user's model
+    assert client.get_registered_model(NAME).description == "created meanwhile by someone else"
+    assert _counts(uri) == (0, 0)  # no run, no logged model of the failed restore
+
+    monkeypatch.setattr(restore_mod.restore_db.RowBuilder, "registered_model", real)
+    client.delete_registered_model(NAME)
+    res = restore_mod.restore(client, archive)
+    assert res.models == [NAME, OTHER] or sorted(res.models) == sorted([NAME, OTHER])
+    assert _counts(uri) == (3, 2)
+    _assert_same(source_registry["snapshot"], registry_data.snapshot(uri, NAME))

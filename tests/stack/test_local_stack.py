@@ -245,8 +245,15 @@ def _backup_restore_then_train_with_credentials(stack_a, trained, stack_b, tmp_p
                                                       "AWS_SECRET_ACCESS_KEY")}}
     proc = run([str(BIN / "mlops"), "restore", str(archive)], env=_env(**creds, **wrong), check=False)
     assert proc.returncode != 0 and "does not serve files from" in proc.stderr, proc.stderr
+    # A's database is not the one B's server uses: refused before anything is created.
+    proc = run([str(BIN / "mlops"), "restore", str(archive)],
+               env=_env(**creds, **{**storage_b, "MLOPS_BACKEND_STORE_URI": storage_a["MLOPS_BACKEND_STORE_URI"]}),
+               check=False)
+    assert proc.returncode != 0 and "is not the one the tracking server" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and storage_a["MLOPS_BACKEND_STORE_URI"] not in proc.stderr
     proc = run([str(BIN / "mlops"), "restore", str(archive)], env=_env(**creds, **storage_b))
     assert "artifacts go directly to s3://" in proc.stderr, proc.stderr
+    assert "rows into the database in one transaction" in proc.stderr, proc.stderr  # B's PostgreSQL
     _wait_serving(stack_b["serving"], "1")
     restored = _predict(stack_b["serving"])
     assert restored["predictions"] == trained["predictions"]
