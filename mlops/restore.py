@@ -169,10 +169,12 @@ class _Restorer:
             return []
         repo = artifacts.repository(artifact_uri, self.client.tracking_uri, self.direct)
         jobs = []
-        for p in sorted(local_dir.rglob("*")):
-            if p.is_file():
-                rel = p.parent.relative_to(local_dir).as_posix()
-                jobs.append(self.file_pool.submit(repo.log_artifact, str(p), None if rel == "." else rel))
+        for root, dirs, files in os.walk(local_dir):  # the extracted archive holds no links
+            dirs.sort()
+            rel = Path(root).relative_to(local_dir).as_posix()
+            for name in sorted(files):
+                jobs.append(self.file_pool.submit(repo.log_artifact, os.path.join(root, name),
+                                                  None if rel == "." else rel))
         return jobs
 
     def upload(self, artifact_uri: str, local_dir: Path) -> None:
@@ -700,8 +702,6 @@ def _raise_failures(r: _Restorer) -> None:
 
 def _database(r: _Restorer, backend_store_uri: str | None, database: bool):
     """The SQLAlchemy engine to write rows into, or None for MLflow's API calls."""
-    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
-
     if not database:
         return None
     if r.is_server:
@@ -715,6 +715,8 @@ def _database(r: _Restorer, backend_store_uri: str | None, database: bool):
         return engine
     if backend_store_uri:
         log.info("the target is not a tracking server: --backend-store-uri is not used")
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
     store = getattr(r.client._tracking_client, "store", None)
     if isinstance(store, SqlAlchemyStore) and r.client._registry_uri == r.client.tracking_uri:
         return store.engine
