@@ -85,10 +85,13 @@ def check_server_database(engine, client) -> None:
     from mlflow.store.tracking.dbmodels.models import SqlExperiment
     from sqlalchemy import select
 
-    listed = {
-        str(e.experiment_id): (e.name, e.creation_time)
-        for e in client.search_experiments(view_type=ViewType.ALL, max_results=1000)
-    }
+    listed, token = {}, None
+    while True:
+        page = client.search_experiments(view_type=ViewType.ALL, max_results=1000, page_token=token)
+        listed.update({str(e.experiment_id): (e.name, e.creation_time) for e in page})
+        token = page.token
+        if not token:
+            break
     with engine.connect() as conn:
         rows = conn.execute(select(SqlExperiment.experiment_id, SqlExperiment.name, SqlExperiment.creation_time))
         found = {str(i): (n, t) for i, n, t in rows}
@@ -193,7 +196,7 @@ class RowBuilder:
         self.rows.add(
             m.SqlRun, run_uuid=run_id, name=tags.get("mlflow.runName") or rec.get("run_name"),
             source_type="UNKNOWN", source_name="", entry_point_name="", user_id=rec.get("user_id"),
-            status=rec["status"] if terminal else "RUNNING", start_time=rec.get("start_time"),
+            status=rec["status"] if terminal else "RUNNING", start_time=rec.get("start_time") or self.now,
             end_time=(rec.get("end_time") or self.now) if terminal else None,
             deleted_time=self.now if deleted else None, source_version="",
             lifecycle_stage="deleted" if deleted else "active", artifact_uri=artifact_uri, experiment_id=eid,
