@@ -94,6 +94,11 @@ def _msg(exc: BaseException) -> str:
     return text.splitlines()[0]
 
 
+def own_tags(tags: dict[str, str]) -> dict[str, str]:
+    """``tags`` without the provenance tags of an earlier restore (``mlops.restore.*``)."""
+    return {k: v for k, v in tags.items() if not k.startswith(RESTORE_TAG_PREFIX)}
+
+
 def metric_batches(metrics: list, params: list, tags: list):
     """Split into ``log_batch`` calls within MLflow's limits (1000 metrics, 100 params, 100 tags)."""
     metrics, params, tags = list(metrics), list(params), list(tags)
@@ -264,6 +269,19 @@ class _Restorer:
         return found
 
     # ---- runs ----------------------------------------------------------------------------
+    def reuse_runs(self, run_ids: set[str], existing: dict, result: RestoreResult) -> list[str]:
+        """Map the runs an earlier restore completed; the source run ids still to restore."""
+        todo = []
+        for rid in sorted(run_ids):
+            prior = existing.get(rid)
+            if prior is None:
+                todo.append(rid)
+                continue
+            self.run_map[rid], self.run_uri[rid] = prior.info.run_id, prior.info.artifact_uri
+            result.runs_reused += 1
+            self.tick(f"run {rid} (already restored)")
+        return todo
+
     def restore_run(self, rec: dict) -> tuple[str, str]:
         c = self.client
         exp_id = self.exp_map[rec["experiment_id"]]
@@ -369,6 +387,23 @@ class _Restorer:
         else:
             self.client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: want})
 
+    def put_right(self, lm_recs: dict, model_ids: list[str], run_ids: set[str]) -> None:
+        """Last steps: the logged models' mlflow.modelVersions tag as in the source, and runs
+        deleted in the source deleted again (once everything refers to them). Failures are collected."""
+        for mid in model_ids:
+            new_id = self.lm_map[mid]
+            try:
+                self.fix_model_versions_tag(lm_recs[mid], new_id, new_id in self.fresh_lms)
+            except MlflowException as exc:
+                self.failures.append(f"logged model {mid}: cannot reset {MODEL_VERSIONS_TAG}: {_msg(exc)}")
+        for rid in sorted(run_ids):
+            if rid in self.run_map and self.run_record(rid).get("lifecycle_stage") == "deleted":
+                try:
+                    if self.client.get_run(self.run_map[rid]).info.lifecycle_stage == "active":
+                        self.client.delete_run(self.run_map[rid])
+                except MlflowException as exc:
+                    self.failures.append(f"run {rid}: cannot mark deleted: {_msg(exc)}")
+
     def restore_source(self, key: str, version: dict, exp_src_id: str | None) -> str:
         """A version whose source was a plain path becomes a logged model with the same files."""
         c = self.client
@@ -399,7 +434,7 @@ class _Restorer:
         if resume:
             log.info("%s: finishing an interrupted restore (rebuilding the registered model)", name)
             c.delete_registered_model(name)
-        tags = {k: v for k, v in m["tags"].items() if not k.startswith(RESTORE_TAG_PREFIX)}
+        tags = own_tags(m["tags"])
         c.create_registered_model(
             name, tags={**tags, IN_PROGRESS_TAG: self.backup_id}, description=m["description"] or None
         )
@@ -522,7 +557,7 @@ def restore(
     try:
         with tracking_uri_set(client.tracking_uri):
             return _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_progress,
-                            artifacts_destination, backend_store_uri if database else None, database)
+                            artifacts_destination, backend_store_uri, database)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -584,15 +619,7 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
         failed_deps: set[str] = set()
 
         # Runs, in parallel.
-        todo = []
-        for rid in sorted(run_ids):
-            prior = existing_runs.get(rid)
-            if prior is not None:
-                r.run_map[rid], r.run_uri[rid] = prior.info.run_id, prior.info.artifact_uri
-                result.runs_reused += 1
-                r.tick(f"run {rid} (already restored)")
-            else:
-                todo.append(rid)
+        todo = r.reuse_runs(run_ids, existing_runs, result)
         for rid, out, err in _parallel(r, todo, lambda rid: r.restore_run(r.run_record(rid)), "run"):
             if err:
                 failed_deps.add(rid)
@@ -671,20 +698,7 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
 
         # A tracking server appends every version it creates (placeholders too) to the logged
         # model's mlflow.modelVersions tag: put the tag back to what the source had.
-        for mid, new_id in sorted(r.lm_map.items()):
-            try:
-                r.fix_model_versions_tag(lm_recs[mid], new_id, new_id in r.fresh_lms)
-            except MlflowException as exc:
-                r.failures.append(f"logged model {mid}: cannot reset {MODEL_VERSIONS_TAG}: {_msg(exc)}")
-
-        # Runs deleted in the source are deleted again once everything refers to them.
-        for rid in sorted(run_ids):
-            if rid in r.run_map and r.run_record(rid).get("lifecycle_stage") == "deleted":
-                try:
-                    if client.get_run(r.run_map[rid]).info.lifecycle_stage == "active":
-                        client.delete_run(r.run_map[rid])
-                except MlflowException as exc:
-                    r.failures.append(f"run {rid}: cannot mark deleted: {_msg(exc)}")
+        r.put_right(lm_recs, sorted(r.lm_map), run_ids)
     finally:
         r.close()
     _raise_failures(r)
@@ -743,13 +757,7 @@ def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[di
 
     try:
         fresh_runs = {}
-        for rid in sorted(run_ids):
-            prior = existing_runs.get(rid)
-            if prior is not None:
-                r.run_map[rid], r.run_uri[rid] = prior.info.run_id, prior.info.artifact_uri
-                result.runs_reused += 1
-                r.tick(f"run {rid} (already restored)")
-                continue
+        for rid in r.reuse_runs(run_ids, existing_runs, result):
             rec = r.run_record(rid)
             new = uuid.uuid4().hex
             r.run_map[rid] = new
@@ -757,7 +765,7 @@ def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[di
             fresh_runs[rid] = rec
         b.known_datasets(r.exp_map[rec["experiment_id"]] for rec in fresh_runs.values())
         for rid, rec in fresh_runs.items():
-            tags = {k: v for k, v in rec["tags"].items() if not k.startswith(RESTORE_TAG_PREFIX)}
+            tags = own_tags(rec["tags"])
             user = rec["tags"].get("mlflow.user") or rec.get("user_id")
             if user:
                 tags.setdefault("mlflow.user", user)
@@ -782,7 +790,7 @@ def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[di
             eid = r.exp_map[rec["experiment_id"]]
             new = f"m-{uuid.uuid4().hex}"
             loc = append_to_uri_path(exp_location(eid), "models", new, "artifacts")
-            tags = {k: v for k, v in rec["tags"].items() if not k.startswith(RESTORE_TAG_PREFIX)}
+            tags = own_tags(rec["tags"])
             tags[PROV_MODEL] = mid
             b.logged_model(
                 new, eid, rec["name"], loc, source_run_id=r.run_map.get(rec.get("source_run_id") or ""), tags=tags,
@@ -791,7 +799,8 @@ def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[di
                 status_message=rec.get("status_message"), created=rec.get("creation_timestamp"),
                 metrics=[{**m, "run_id": r.run_map[m["run_id"]]} for m in rec.get("metrics", [])
                          if r.run_map.get(m.get("run_id") or "")],
-                outputs=runs_for(outputs.get(mid, []), r.run_map), inputs=[r.run_map[s] for s in inputs.get(mid, []) if s in r.run_map],
+                outputs=_restored(outputs.get(mid, []), r.run_map),
+                inputs=[r.run_map[s] for s in inputs.get(mid, []) if s in r.run_map],
             )
             r.lm_map[mid], lm_location[new] = new, loc
             uploads.append((loc, r.folder / "logged_models" / mid / "artifacts", f"logged model {mid}"))
@@ -816,7 +825,7 @@ def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[di
             return lm_location[args["model_id"]] if args.get("model_id") else args["source"]
 
         for m in selected:
-            tags = {k: v for k, v in m["tags"].items() if not k.startswith(RESTORE_TAG_PREFIX)}
+            tags = own_tags(m["tags"])
             tags[DONE_TAG] = r.backup_id
             live, deleted = b.registered_model(m, tags, r.version_args, storage)
             result.models.append(m["name"])
@@ -838,18 +847,7 @@ def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[di
     r.tick("registered models", sum(int(m["max_version"]) for m in selected))
 
     # Logged models and runs an earlier (interrupted) restore made are put right as the API path does.
-    for mid in reused_lms:
-        try:
-            r.fix_model_versions_tag(lm_recs[mid], r.lm_map[mid], False)
-        except MlflowException as exc:
-            r.failures.append(f"logged model {mid}: cannot reset {MODEL_VERSIONS_TAG}: {_msg(exc)}")
-    for rid in sorted(run_ids):
-        if rid not in fresh_runs and r.run_record(rid).get("lifecycle_stage") == "deleted":
-            try:
-                if c.get_run(r.run_map[rid]).info.lifecycle_stage == "active":
-                    c.delete_run(r.run_map[rid])
-            except MlflowException as exc:
-                r.failures.append(f"run {rid}: cannot mark deleted: {_msg(exc)}")
+    r.put_right(lm_recs, reused_lms, run_ids - set(fresh_runs))
 
 
 def _model_links(r: _Restorer, run_ids: set[str]) -> tuple[dict[str, list[tuple[str, int]]], dict[str, list[str]]]:
@@ -865,7 +863,7 @@ def _model_links(r: _Restorer, run_ids: set[str]) -> tuple[dict[str, list[tuple[
     return outputs, inputs
 
 
-def runs_for(outputs: list[tuple[str, int]], run_map: dict[str, str]) -> list[tuple[str, int]]:
+def _restored(outputs: list[tuple[str, int]], run_map: dict[str, str]) -> list[tuple[str, int]]:
     """(restored run id, step) for the source runs that were restored."""
     return [(run_map[s], step) for s, step in outputs if s in run_map]
 

@@ -31,6 +31,14 @@ def _assert_same(source: dict, restored: dict) -> None:
     assert not problems, "restored registry differs:\n" + "\n".join(problems[:30])
 
 
+def _served(tmp_path: Path):
+    """A real tracking server on SQLite with proxied artifacts: (context, URI, database URI, store folder)."""
+    backend = f"sqlite:///{tmp_path / 'server.db'}"
+    store = tmp_path / "served"
+    ctx, port = start_mlflow_server(backend, tmp_path, artifacts_destination=str(store))
+    return ctx, f"http://127.0.0.1:{port}", backend, store
+
+
 def _counts(uri: str) -> tuple[int, int]:
     client = MlflowClient(tracking_uri=uri)
     exps = [e.experiment_id for e in client.search_experiments()]
@@ -195,11 +203,8 @@ def test_round_trip_with_the_artifact_store_read_and_written_directly(source_reg
     through its proxy), metadata through the server; a wrong destination is refused up front."""
     from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 
-    backend = f"sqlite:///{tmp_path / 'server.db'}"
-    store = tmp_path / "served"
-    ctx, port = start_mlflow_server(backend, tmp_path, artifacts_destination=str(store))
+    ctx, uri, backend, store = _served(tmp_path)
     with ctx:
-        uri = f"http://127.0.0.1:{port}"
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
         # A destination the server does not serve from: one line, nothing created.
@@ -251,11 +256,8 @@ def test_round_trip_into_a_server_through_its_database(source_registry, archive,
     refused before anything changes; the server then serves the restored registry."""
     import sqlite3
 
-    backend = f"sqlite:///{tmp_path / 'server.db'}"
-    store = tmp_path / "served"
-    ctx, port = start_mlflow_server(backend, tmp_path, artifacts_destination=str(store))
+    ctx, uri, backend, store = _served(tmp_path)
     with ctx:
-        uri = f"http://127.0.0.1:{port}"
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
 
         # Another store's database: one line, nothing created.
