@@ -170,6 +170,7 @@ class PromotionResult:
     from_version: str | None
     to_version: str
     notified: bool | None
+    changed: bool = True
 
 
 def promote(
@@ -187,10 +188,16 @@ def promote(
 
     Pre-flight (download, load, predict on the input example) runs first; on failure nothing
     changes. Appends a history entry and, when ``SERVING_URL`` is set, asks serving to reload.
+    A version already in ``stage`` is a no-op (``changed=False``): no history entry, no reload,
+    only the stage alias is put back on it if it had drifted.
     """
     stage = normalize_stage(stage)
     mv = get_version(client, name, version)
     version = str(mv.version)
+    if mv.current_stage == stage:
+        _sync_aliases(client, name)
+        log.info("%s: %s v%s is already in %s; nothing changed", action, name, version, stage)
+        return PromotionResult(name, stage, version, version, None, changed=False)
     if mv.status != "READY":
         raise RegistryError(f"{name} v{version} is not READY (status {mv.status})")
     if preflight:
@@ -231,11 +238,13 @@ def rollback(client: MlflowClient, name: str, to: str | int | None = None, reaso
 
     Without ``to`` the target is the version that held Production before the latest Production
     entry of the history, so rolling back twice alternates between the last two versions.
+    No-op entries (from == to, written by older releases for a re-promotion) are skipped.
     """
     get_model(client, name)
     current = stage_version(client, name, PRODUCTION)
     if to is None:
-        prod = [e for e in history(client, name) if e.stage == PRODUCTION]
+        prod = [e for e in history(client, name)
+                if e.stage == PRODUCTION and str(e.from_version) != str(e.to_version)]
         if not prod:
             raise RegistryError(f"no promotion history for '{name}': nothing to roll back to (use --to)")
         last = prod[-1]

@@ -12,6 +12,10 @@ from mlops.cli import tracking_option
 
 
 def _echo_result(res: registry.PromotionResult, verb: str) -> None:
+    if not res.changed:
+        click.echo(f"nothing to do: {res.name} v{res.to_version} is already in {res.stage} "
+                   "(no history entry written)")
+        return
     click.echo(
         f"{verb}: {res.name} v{res.to_version} is now {res.stage} "
         f"(alias {registry.STAGE_ALIASES.get(res.stage, '-')}; was v{res.from_version or '-'})"
@@ -33,6 +37,7 @@ def promote(name: str, version: str, stage: str, reason: str, tracking_uri: str)
 
     Pre-flight downloads the version, loads it and predicts on its input example; if that fails
     nothing changes. Set SERVING_URL (and ADMIN_TOKEN) to make serving reload at once.
+    A version already in that stage is left as it is: exit 0, "nothing to do", no history entry.
     """
     client = registry.get_client(tracking_uri)
     _echo_result(registry.promote(client, name, version, stage, reason), "promoted")

@@ -145,3 +145,30 @@ def test_cli_errors_are_one_line(promo, cli, tmp_path):
         assert res.exit_code != 0, args
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], (args, res.stderr)
     assert not (tmp_path / "x.tar.gz").exists()
+
+
+def test_promoting_the_production_version_again_changes_nothing_and_rollback_still_works(promo):
+    uri, client, name = promo
+    registry.promote(client, name, 1, registry.PRODUCTION, "first", notify=False)
+    registry.promote(client, name, 2, registry.PRODUCTION, "second", notify=False)
+    before = _state(client, name)
+    proc = mlops("promote", name, "2", uri=uri)
+    assert proc.returncode == 0
+    assert f"nothing to do: {name} v2 is already in Production" in proc.stdout, proc.stdout
+    assert _state(client, name) == before  # no 2 -> 2 history entry, stages and aliases as they were
+    res = registry.rollback(client, name)
+    assert (res.from_version, res.to_version) == ("2", "1")
+
+
+def test_rollback_skips_no_op_entries_already_in_the_history(promo):
+    """Registries written by older releases may hold a 2 -> 2 entry after the real 1 -> 2."""
+    uri, client, name = promo
+    registry.promote(client, name, 1, registry.PRODUCTION, "first", notify=False)
+    registry.promote(client, name, 2, registry.PRODUCTION, "second", notify=False)
+    entries = registry.history(client, name)
+    entries.append(registry.HistoryEntry("2026-01-01T00:00:00Z", "old", "promote", registry.PRODUCTION,
+                                         "2", "2", "re-promoted by an older release"))
+    registry._write_history(client, name, entries)
+    proc = mlops("rollback", name, uri=uri)
+    assert f"rolled back: {name} v1 is now Production" in proc.stdout, proc.stdout + proc.stderr
+    assert _state(client, name)["aliases"]["production"] == "1"
