@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from mlops import registry
 from mlops.model_io import ModelLoadError
-from serving.cache import ModelCache
+from serving.cache import CacheFull, ModelCache, no_space
 from serving.metrics import Metrics
 from serving.runtime import ModelRuntime, VersionMeta
 from serving.settings import Settings
@@ -72,6 +72,9 @@ class ModelManager:
         self.last_check_error: str | None = None
         self.last_swap_error: Failure | None = None
         self.started_from_cache = False
+        self.checked = False  # one check has finished (before that the status is "starting")
+        self.served_note: str | None = None  # what the registry says of the served version when nothing is selected
+        self.cache_note: str | None = None  # why the cache could not provide a version
         self.swaps = 0
         self.failures: dict[str, Failure] = {}
         # Versions this worker loaded and smoke-tested, newest last: the current one plus up to
@@ -161,6 +164,7 @@ class ModelManager:
         try:
             return self._check(force)
         finally:
+            self.checked = True
             self._lock.release()
 
     def _check(self, force: bool) -> dict:
@@ -181,8 +185,13 @@ class ModelManager:
             return self._result(before, error=f"registry unreachable: {exc}")
         except NothingSelected as exc:
             self._registry_ok(None, str(exc))
+            if self.current is None:
+                self._load_from_cache(str(exc))
+            if self.current is not None:
+                self.served_note = self._served_version_state(self.current.version)
             return self._result(before, error=str(exc))
         self._registry_ok(mv.version, None)
+        self.served_note = None
         if self.current is not None and self.current.version == str(mv.version):
             self.current.meta.stage = mv.current_stage or self.current.meta.stage
             self.last_swap_error = None
@@ -309,16 +318,32 @@ class ModelManager:
             how = "kept in memory since it last served"
         else:
             phase = "download"
+            again = ""
             try:
-                path = self.cache.ensure(version, self.settings.tracking_uri)
+                fetched = self.cache.fetch(version, self.settings.tracking_uri, _identity(mv))
                 t1 = time.perf_counter()
                 phase = "load"
-                runtime = ModelRuntime.load(path, self._meta(mv), loaded_from="registry")
+                try:
+                    runtime = ModelRuntime.load(fetched.path, self._meta(mv), loaded_from="registry")
+                except ModelLoadError as exc:
+                    if fetched.downloaded:
+                        raise
+                    # A cached copy that does not load: drop it and fetch it once more.
+                    log.warning("cached %s v%s does not load (%s): downloading it again", name, version,
+                                _one_line(str(exc)))
+                    again = "; the cached copy was dropped and downloaded again, and it still fails"
+                    phase = "download"
+                    self.cache.drop(version, f"it does not load: {_one_line(str(exc))}")
+                    fetched = self.cache.fetch(version, self.settings.tracking_uri, _identity(mv))
+                    phase = "load"
+                    runtime = ModelRuntime.load(fetched.path, self._meta(mv), loaded_from="registry")
+            except CacheFull as exc:
+                return self._refuse(version, "download", str(exc))
             except ModelLoadError as exc:
                 phase = getattr(exc, "phase", phase)
-                return self._refuse(version, phase, str(exc))
+                return self._refuse(version, phase, self._explain(exc, phase) + again)
             except Exception as exc:  # noqa: BLE001 - anything else is a refusal too
-                return self._refuse(version, phase, f"{type(exc).__name__}: {_one_line(str(exc))}")
+                return self._refuse(version, phase, self._explain(exc, phase) + again)
             how = f"download {t1 - t0:.2f}s, load + smoke test {time.perf_counter() - t1:.2f}s, " \
                   f"fast path: {runtime.native_reason}"
         self._install(runtime)
@@ -352,6 +377,24 @@ class ModelManager:
             _, retired = self.loaded.popitem(last=False)
             retired.unload()
 
+    def _explain(self, exc: Exception, phase: str) -> str:
+        """One line for a failed step; a full cache disk is named as such, with its path."""
+        if no_space(exc):
+            return self.cache.no_space_message(f"the {phase} step")
+        text = _one_line(str(exc))
+        return text if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {text}"
+
+    def _served_version_state(self, version: str) -> str:
+        """What the registry says of ``version`` now (it no longer holds the selection)."""
+        try:
+            mv = self.client().get_model_version(self.settings.model_name, version)
+        except Exception as exc:  # noqa: BLE001 - not found, or the registry went away meanwhile
+            code = str(getattr(exc, "error_code", ""))
+            if "RESOURCE_DOES_NOT_EXIST" in code or "not found" in str(exc).lower():
+                return "deleted from the registry"
+            return f"its registry state could not be read: {_one_line(str(exc))}"
+        return f"now in stage {mv.current_stage}" if mv.current_stage else "still registered"
+
     def _refuse(self, version: str, phase: str, error: str) -> str:
         now = time.time()
         delay = DOWNLOAD_RETRY_S if phase == "download" else self.settings.retry_failed_after_s
@@ -373,7 +416,8 @@ class ModelManager:
         if entry is None:
             if "" not in self._cache_tried:
                 self._cache_tried.add("")
-                log.warning("%s and no cached version for %s: not ready", why, self.settings.selector_label)
+                self.cache_note = f"no cached version for {self.settings.selector_label}"
+                log.warning("%s and %s: not ready", why, self.cache_note)
             return
         version = str(entry["version"])
         if version in self._cache_tried or version in self.failures:
@@ -382,11 +426,21 @@ class ModelManager:
         meta = VersionMeta.from_dict(entry.get("meta") or {"name": self.settings.model_name, "version": version,
                                                            "selector": self.settings.selector})
         meta.version = version
+        identity = entry.get("identity") or {"run_id": meta.run_id, "source": meta.source}
+        problem = self.cache.problem(version, identity, strict=False)
+        if problem is not None:
+            self.cache_note = f"the cached v{version} (last good for {self.settings.selector_label}) cannot be used: {problem}"
+            log.error("%s and %s", why, self.cache_note)
+            if "digest" in problem:
+                self.cache.drop(version, problem)
+            return
         try:
             runtime = ModelRuntime.load(self.cache.version_dir(version), meta, loaded_from="cache")
         except Exception as exc:  # noqa: BLE001
-            log.error("cached v%s cannot be loaded either: %s", version, _one_line(str(exc)))
+            self.cache_note = f"the cached v{version} cannot be loaded either: {_one_line(str(exc))}"
+            log.error("%s", self.cache_note)
             return
+        self.cache_note = None
         self._install(runtime)
         self.started_from_cache = True
         log.warning(
@@ -397,17 +451,35 @@ class ModelManager:
 
     # -- reporting --------------------------------------------------------------------------------
 
+    def status(self) -> tuple[str, str | None]:
+        """``ok``/``degraded``/``starting``/``unavailable`` and, unless ok, why (one line)."""
+        cur, err = self.current, self.last_swap_error
+        refused = f"v{err.version} refused ({err.phase} failed): {err.error}" if err else None
+        if cur is None:
+            if not self.checked:
+                return "starting", "the first registry check has not finished"
+            if self.registry_reachable is False:
+                first = f"registry unreachable ({self.last_check_error})"
+            else:
+                first = refused or self.registry_note or "no model loaded"
+            return "unavailable", "; ".join(p for p in (first, self.cache_note) if p)
+        serving = f"serving v{cur.version}" + (" from the cache" if cur.loaded_from == "cache" else "")
+        if self.registry_reachable is False:
+            return "degraded", f"registry unreachable ({self.last_check_error}); {serving}, the last known good"
+        if self.registry_note:
+            return "degraded", (f"{self.registry_note}; serving the last good version v{cur.version}"
+                                + (f" ({self.served_note})" if self.served_note else ""))
+        if refused:
+            return "degraded", f"{refused}; still {serving}"
+        return "ok", None
+
     def health(self) -> dict:
         """Liveness details for /health."""
         cur = self.current
-        if cur is None:
-            status = "starting" if self.last_check_at is None or self.registry_reachable else "unavailable"
-        elif self.registry_reachable is False or self.last_swap_error is not None:
-            status = "degraded"
-        else:
-            status = "ok"
+        status, reason = self.status()
         return {
             "status": status,
+            "reason": reason,
             "model_name": self.settings.model_name,
             "model_version": cur.version if cur else None,
             "model_stage": cur.meta.stage if cur else None,
@@ -432,6 +504,11 @@ class ModelManager:
         }
 
     _previous: str | None = None
+
+
+def _identity(mv) -> dict:
+    """What a cache entry must match for the registry's version ``mv``."""
+    return {"run_id": mv.run_id, "source": mv.source, "created": getattr(mv, "creation_timestamp", None)}
 
 
 def iso(ts: float | None) -> str | None:

@@ -173,6 +173,7 @@ def build(runtime, settings) -> dict[str, Any]:
                           "properties": {"error_code": {"type": "string"}, "message": {"type": "string"}}},
                 "Health": {"type": "object", "required": ["status"], "properties": {
                     "status": {"type": "string", "enum": ["ok", "degraded", "starting", "unavailable"]},
+                    "reason": {"type": "string", "nullable": True},
                     "model_name": {"type": "string"}, "model_version": {"type": "string", "nullable": True},
                     "model_stage": {"type": "string", "nullable": True}, "loaded_at": {"type": "string", "nullable": True},
                     "started_from_cache": {"type": "boolean"}, "registry": {"type": "object"},
