@@ -41,9 +41,10 @@ def test_csv_and_parquet_round_trip(tmp_path, frame):
         (lambda p, f: p.write_text(""), "label", "data file is empty"),
         (lambda p, f: p.write_text("a,b,label\n"), "label", "data has no rows"),
         (lambda p, f: f.to_csv(p, index=False), "nope", "target column 'nope' not found"),
-        (lambda p, f: f.assign(colour="red").to_csv(p, index=False), "label", "non-numeric feature columns: colour"),
-        (lambda p, f: f.assign(a=np.nan).to_csv(p, index=False), "label", "missing values in feature columns: a"),
-        (lambda p, f: f.assign(label=1).to_csv(p, index=False), "label", "fewer than 2 classes"),
+        (lambda p, f: f.assign(label=1).to_csv(p, index=False), "label", "target column 'label' is constant (1"),
+        (lambda p, f: f.assign(label=np.nan).to_csv(p, index=False), "label", "target column 'label' has no values"),
+        (lambda p, f: f[["label"]].to_csv(p, index=False), "label", "no feature columns besides the target"),
+        (lambda p, f: f.assign(label=[0, 1] + [np.nan] * 38).to_csv(p, index=False), "label", "only 2 rows with a target"),
         (lambda p, f: p.write_text('a,b\n1,"2\n'), "a", "cannot read"),
     ],
 )
@@ -54,6 +55,27 @@ def test_bad_data_gives_one_clear_error(tmp_path, frame, setup, target, message)
         load_dataset(str(path), target)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_text_and_missing_features_are_accepted(tmp_path, frame):
+    frame.assign(colour="red", a=np.nan).to_csv(tmp_path / "d.csv", index=False)
+    ds = load_dataset(str(tmp_path / "d.csv"), "label")
+    assert list(ds.X.columns) == ["a", "b", "c", "colour"]
+
+
+def test_rows_without_target_are_dropped_and_counted(tmp_path, frame, caplog):
+    frame.loc[[3, 7, 11], "label"] = np.nan
+    frame.to_csv(tmp_path / "d.csv", index=False)
+    ds = load_dataset(str(tmp_path / "d.csv"), "label")
+    assert ds.dropped_rows == 3 and len(ds.frame) == 37 and ds.y.notna().all()
+    assert "dropped 3 of 40 rows whose target 'label' is missing" in caplog.text
+
+
+def test_bundled_penguins_csv():
+    ds = load_dataset("penguins", "species")
+    assert ds.frame.shape == (344, 8)
+    assert sorted(ds.y.unique()) == ["Adelie", "Chinstrap", "Gentoo"]
+    assert int(ds.X.isna().sum().sum()) == 19
 
 
 def test_unsupported_extension(tmp_path, frame):

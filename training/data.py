@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 BUNDLED = "sklearn:breast_cancer"
+PENGUINS = str(Path(__file__).resolve().parent / "datasets" / "penguins.csv")
+
+log = logging.getLogger("training.data")
 
 
 class DataError(ValueError):
@@ -22,6 +26,7 @@ class Dataset:
     target: str
     source: str
     name: str
+    dropped_rows: int = 0
 
     @property
     def X(self) -> pd.DataFrame:  # noqa: N802 - sklearn naming
@@ -33,7 +38,12 @@ class Dataset:
 
 
 def load_dataset(path: str | None, target: str = "target") -> Dataset:
-    """Read a CSV/Parquet file (or the bundled breast-cancer set) and validate it."""
+    """Read a CSV/Parquet file (or the bundled breast-cancer set) and validate it.
+
+    ``penguins`` names the bundled penguins CSV (training/datasets/penguins.csv).
+    """
+    if path == "penguins":
+        path = PENGUINS
     if not path or path == BUNDLED:
         import sklearn.datasets
         from sklearn.datasets import load_breast_cancer
@@ -70,29 +80,38 @@ def load_dataset(path: str | None, target: str = "target") -> Dataset:
     return ds
 
 
+def shown(value) -> str:
+    """A value as a user wrote it (numpy scalars as plain Python values)."""
+    return repr(value.item() if hasattr(value, "item") else value)
+
+
 def validate(ds: Dataset) -> None:
-    """Raise DataError for data that cannot train a classifier."""
+    """Raise DataError for data that cannot train a model; drop rows whose target is missing.
+
+    Feature columns are not checked here: text, booleans and missing values are handled by the
+    preprocessing inside the pipeline (training.preprocess), which also drops useless columns.
+    """
     frame = ds.frame
     if frame.empty or len(frame.columns) == 0:
         raise DataError(f"data has no rows: {ds.source}")
     if ds.target not in frame.columns:
         cols = ", ".join(map(str, frame.columns[:8])) + (", …" if len(frame.columns) > 8 else "")
         raise DataError(f"target column '{ds.target}' not found in data (columns: {cols})")
-    features = frame.drop(columns=[ds.target])
-    if features.shape[1] == 0:
+    if frame.columns.duplicated().any():
+        dup = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
+        raise DataError(f"duplicate column names: {', '.join(dup[:5])}")
+    if frame.shape[1] < 2:
         raise DataError("data has no feature columns besides the target")
-    non_numeric = [str(c) for c in features.columns if not pd.api.types.is_numeric_dtype(features[c])]
-    if non_numeric:
-        raise DataError(
-            "non-numeric feature columns: " + ", ".join(non_numeric[:5])
-            + (" …" if len(non_numeric) > 5 else "") + " (encode or drop them before training)"
-        )
-    if features.isna().any().any():
-        bad = [str(c) for c in features.columns if features[c].isna().any()]
-        raise DataError(f"missing values in feature columns: {', '.join(bad[:5])} (impute or drop them)")
-    if frame[ds.target].isna().any():
-        raise DataError(f"target column '{ds.target}' has missing values")
+    missing = frame[ds.target].isna()
+    if missing.all():
+        raise DataError(f"target column '{ds.target}' has no values (all {len(frame)} missing)")
+    if missing.any():
+        ds.dropped_rows = int(missing.sum())
+        log.warning("dropped %d of %d rows whose target '%s' is missing", ds.dropped_rows, len(frame), ds.target)
+        ds.frame = frame = frame.loc[~missing].reset_index(drop=True)
     if frame[ds.target].nunique() < 2:
-        raise DataError(f"target column '{ds.target}' has fewer than 2 classes")
+        raise DataError(
+            f"target column '{ds.target}' is constant ({shown(frame[ds.target].iloc[0])} in every row): nothing to learn"
+        )
     if len(frame) < 10:
-        raise DataError(f"data has only {len(frame)} rows; at least 10 are needed")
+        raise DataError(f"data has only {len(frame)} rows with a target; at least 10 are needed")

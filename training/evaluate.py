@@ -1,30 +1,54 @@
-"""Holdout metrics and plots."""
+"""Holdout metrics, quality gates and plots for classification and regression."""
 
 from __future__ import annotations
 
+import logging
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from sklearn import metrics as skm
 
-METRIC_NAMES = ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
+from training.data import DataError
+
+log = logging.getLogger("training.evaluate")
+
+CLASSIFICATION_METRICS = ("accuracy", "balanced_accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")
+REGRESSION_METRICS = ("rmse", "mae", "r2", "mape")
+METRIC_NAMES = CLASSIFICATION_METRICS  # the breast-cancer default's metrics (kept for callers)
+HIGHER_IS_BETTER = {"accuracy": True, "balanced_accuracy": True, "precision": True, "recall": True, "f1": True,
+                    "roc_auc": True, "log_loss": False, "rmse": False, "mae": False, "r2": True, "mape": False}
+# Champion/challenger order: the first metric that differs decides.
+COMPARISON = {"classification": ("accuracy", "roc_auc", "log_loss"), "regression": ("rmse", "mae", "r2")}
+PRIMARY = {"classification": "accuracy", "regression": "rmse"}
 
 
-def evaluate(model, X, y) -> dict[str, float]:
-    """Accuracy, precision, recall, f1, roc_auc and log_loss of ``model`` on (X, y)."""
+def metric_names(task: str) -> tuple[str, ...]:
+    """The metrics logged for ``task``."""
+    return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
+
+
+def evaluate(model, X, y, task: str = "classification") -> dict[str, float]:
+    """The holdout metrics of ``model`` on (X, y) for ``task``."""
+    if task == "regression":
+        return evaluate_regression(model.predict(X), np.asarray(y, dtype=float))
     pred = model.predict(X)
     proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
-    classes = np.unique(y)
-    binary = len(classes) == 2
-    avg = "binary" if binary else "weighted"
+    labels = list(getattr(model, "classes_", np.unique(y)))
+    binary = len(labels) == 2
+    avg = "binary" if binary else "macro"
+    kw = {"average": avg, "zero_division": 0}
+    if binary:
+        kw["pos_label"] = labels[1]
     out = {
         "accuracy": skm.accuracy_score(y, pred),
-        "precision": skm.precision_score(y, pred, average=avg, zero_division=0),
-        "recall": skm.recall_score(y, pred, average=avg, zero_division=0),
-        "f1": skm.f1_score(y, pred, average=avg, zero_division=0),
+        "balanced_accuracy": skm.balanced_accuracy_score(y, pred),
+        "precision": skm.precision_score(y, pred, **kw),
+        "recall": skm.recall_score(y, pred, **kw),
+        "f1": skm.f1_score(y, pred, **kw),
     }
     if proba is not None:
-        labels = list(getattr(model, "classes_", classes))
         try:
             if binary:
                 out["roc_auc"] = skm.roc_auc_score(y, proba[:, 1])
@@ -36,8 +60,74 @@ def evaluate(model, X, y) -> dict[str, float]:
     return {k: float(v) for k, v in out.items()}
 
 
-def save_plots(model, X, y, feature_names, out_dir: Path) -> list[Path]:
-    """Write confusion matrix, ROC curve and feature importance/coefficient PNGs."""
+def evaluate_regression(pred, y) -> dict[str, float]:
+    """RMSE, MAE, R² and (when no target is zero) MAPE."""
+    pred = np.asarray(pred, dtype=float)
+    out = {
+        "rmse": float(np.sqrt(skm.mean_squared_error(y, pred))),
+        "mae": float(skm.mean_absolute_error(y, pred)),
+        "r2": float(skm.r2_score(y, pred)) if len(y) > 1 else float("nan"),
+    }
+    if len(y) and not np.any(np.isclose(y, 0.0)):
+        out["mape"] = float(skm.mean_absolute_percentage_error(y, pred))
+    return out
+
+
+def beats(new: dict, old: dict | None, task: str = "classification") -> bool:
+    """True if ``new`` is better than ``old`` on the task's metrics, each in its own direction."""
+    if old is None:
+        return True
+    for key in COMPARISON[task]:
+        a, b = new.get(key), old.get(key)
+        if a is None or b is None or abs(a - b) < 1e-12:
+            continue
+        return a > b if HIGHER_IS_BETTER[key] else a < b
+    return False
+
+
+_CONDITION = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*(>=|<=|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
+_OPS = {">=": np.greater_equal, "<=": np.less_equal, ">": np.greater, "<": np.less}
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One gate condition, e.g. ``r2>=0.5``."""
+
+    metric: str
+    op: str
+    value: float
+
+    def holds(self, metrics: dict[str, float]) -> bool:
+        got = metrics.get(self.metric)
+        return got is not None and bool(_OPS[self.op](got, self.value))
+
+    def __str__(self) -> str:
+        return f"{self.metric}{self.op}{self.value:g}"
+
+
+def parse_gate(text: str | None, task: str) -> list[Condition]:
+    """Comma-separated conditions (``r2>=0.5,rmse<=60``); DataError when malformed or unknown."""
+    if text is None or not text.strip() or text.strip().lower() == "none":
+        return []
+    known = metric_names(task)
+    out = []
+    for part in text.split(","):
+        m = _CONDITION.match(part)
+        if not m:
+            raise DataError(f"malformed gate '{part.strip()}': write METRIC>=NUMBER (or >, <=, <), e.g. r2>=0.5")
+        metric, op, value = m.group(1), m.group(2), float(m.group(3))
+        if metric not in known:
+            raise DataError(f"gate names unknown metric '{metric}' for {task} (use one of {', '.join(known)})")
+        out.append(Condition(metric, op, value))
+    return out
+
+
+DEFAULT_GATE = {"regression": "r2>=0"}
+
+
+def save_plots(model, X, y, feature_names, out_dir: Path, task: str = "classification",
+               seed: int = 0) -> list[Path]:
+    """Write the task's plots (PNG) into ``out_dir``; return their paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -45,34 +135,88 @@ def save_plots(model, X, y, feature_names, out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-
-    fig, ax = plt.subplots(figsize=(4.5, 4))
-    skm.ConfusionMatrixDisplay.from_estimator(model, X, y, ax=ax, colorbar=False)
-    ax.set_title("Confusion matrix (holdout)")
-    paths.append(_save(fig, out_dir / "confusion_matrix.png"))
-
-    if hasattr(model, "predict_proba") and len(np.unique(y)) == 2:
+    if task == "regression":
+        pred = np.asarray(model.predict(X), dtype=float)
+        actual = np.asarray(y, dtype=float)
         fig, ax = plt.subplots(figsize=(4.5, 4))
-        skm.RocCurveDisplay.from_estimator(model, X, y, ax=ax)
-        ax.set_title("ROC curve (holdout)")
-        paths.append(_save(fig, out_dir / "roc_curve.png"))
+        ax.scatter(actual, pred, s=12, alpha=0.7)
+        lo, hi = float(min(actual.min(), pred.min())), float(max(actual.max(), pred.max()))
+        ax.plot([lo, hi], [lo, hi], "k--", linewidth=1)
+        ax.set_xlabel(f"actual {getattr(y, 'name', '') or ''}".strip())
+        ax.set_ylabel("predicted")
+        ax.set_title("Predicted vs actual (holdout)")
+        paths.append(_save(fig, out_dir / "predicted_vs_actual.png"))
+        fig, ax = plt.subplots(figsize=(4.5, 4))
+        ax.scatter(pred, actual - pred, s=12, alpha=0.7)
+        ax.axhline(0, color="k", linestyle="--", linewidth=1)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("residual (actual - predicted)")
+        ax.set_title("Residuals (holdout)")
+        paths.append(_save(fig, out_dir / "residuals.png"))
+    else:
+        labels = list(getattr(model, "classes_", np.unique(y)))
+        fig, ax = plt.subplots(figsize=(4.5 + 0.3 * max(0, len(labels) - 3), 4 + 0.3 * max(0, len(labels) - 3)))
+        skm.ConfusionMatrixDisplay.from_predictions(
+            y, model.predict(X), labels=labels, display_labels=[str(c) for c in labels], ax=ax, colorbar=False
+        )
+        ax.set_title("Confusion matrix (holdout)")
+        paths.append(_save(fig, out_dir / "confusion_matrix.png"))
+        if hasattr(model, "predict_proba") and len(labels) == 2:
+            fig, ax = plt.subplots(figsize=(4.5, 4))
+            skm.RocCurveDisplay.from_estimator(model, X, y, ax=ax, pos_label=labels[1])
+            ax.set_title("ROC curve (holdout)")
+            paths.append(_save(fig, out_dir / "roc_curve.png"))
+            fig, ax = plt.subplots(figsize=(4.5, 4))
+            skm.PrecisionRecallDisplay.from_estimator(model, X, y, ax=ax, pos_label=labels[1])
+            ax.set_title("Precision-recall (holdout)")
+            paths.append(_save(fig, out_dir / "precision_recall.png"))
 
     est = model[-1] if hasattr(model, "steps") else model
+    names = _transformed_names(model, feature_names)
     values, label = None, None
     if hasattr(est, "feature_importances_"):
         values, label = np.asarray(est.feature_importances_), "feature importance"
     elif hasattr(est, "coef_"):
-        coef = np.asarray(est.coef_)
+        coef = np.atleast_2d(np.asarray(est.coef_))
         values, label = (coef[0] if coef.shape[0] == 1 else np.abs(coef).mean(axis=0)), "coefficient"
-    if values is not None:
+    if values is not None and len(values) == len(names):
         order = np.argsort(np.abs(values))[::-1][:15]
         fig, ax = plt.subplots(figsize=(6, 5))
-        ax.barh([str(feature_names[i]) for i in order][::-1], values[order][::-1])
+        ax.barh([str(names[i]) for i in order][::-1], values[order][::-1])
         ax.set_xlabel(label)
         ax.set_title(f"Top features by {label}")
         name = "feature_importance.png" if label == "feature importance" else "coefficients.png"
         paths.append(_save(fig, out_dir / name))
+    paths.append(permutation_plot(model, X, y, out_dir, task, seed))
     return paths
+
+
+def permutation_plot(model, X, y, out_dir: Path, task: str, seed: int) -> Path:
+    """Permutation importance of the user's original columns on the holdout (any family)."""
+    import matplotlib.pyplot as plt
+    from sklearn.inspection import permutation_importance
+
+    scoring = "r2" if task == "regression" else "accuracy"
+    repeats = 5 if X.shape[1] <= 30 else 2
+    result = permutation_importance(model, X, y, scoring=scoring, n_repeats=repeats, random_state=seed, n_jobs=1)
+    order = np.argsort(result.importances_mean)[::-1][:15]
+    cols = [str(c) for c in X.columns]
+    fig, ax = plt.subplots(figsize=(6, 5))
+    ax.barh([cols[i] for i in order][::-1], result.importances_mean[order][::-1],
+            xerr=result.importances_std[order][::-1])
+    ax.set_xlabel(f"drop in {scoring} when the column is shuffled")
+    ax.set_title("Permutation importance (holdout)")
+    return _save(fig, out_dir / "permutation_importance.png")
+
+
+def _transformed_names(model, feature_names) -> list[str]:
+    """Names of the columns the final estimator sees (one-hot columns by category)."""
+    if hasattr(model, "steps") and len(model.steps) > 1:
+        try:
+            return [str(n) for n in model[:-1].get_feature_names_out()]
+        except Exception:  # noqa: BLE001 - a step without names: fall back to the raw columns
+            pass
+    return [str(n) for n in feature_names]
 
 
 def _save(fig, path: Path) -> Path:

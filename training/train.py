@@ -1,8 +1,9 @@
 """Train, log, gate, register and optionally promote one model (the MLproject `train` entry point).
 
-Run it as ``mlflow run . -e train --env-manager local -P model=random_forest`` or directly as
-``python -m training.train --model random_forest``. Exit codes: 0 registered (or gate passed with
-``--no-register``), 2 bad input, 3 quality gate failed, 4 registry/promotion failure.
+Run it as ``mlflow run . -e train --env-manager local -P data=PATH -P target=COL`` or directly as
+``python -m training.train --data PATH --target COL``. The task (classification or regression) is
+detected from the target unless ``--task`` is given. Exit codes: 0 registered, 2 bad input,
+3 quality gate failed, 4 registry/promotion failure.
 """
 
 from __future__ import annotations
@@ -18,17 +19,44 @@ from importlib.metadata import version as pkg_version
 from pathlib import Path
 
 from training.data import BUNDLED, DataError, load_dataset
-from training.evaluate import METRIC_NAMES, evaluate, save_plots
-from training.models import MODELS, SKOPS_TRUSTED_TYPES, build_model, hyperparameters
+from training.evaluate import (
+    DEFAULT_GATE,
+    HIGHER_IS_BETTER,
+    PRIMARY,
+    Condition,
+    beats,
+    evaluate,
+    metric_names,
+    parse_gate,
+    save_plots,
+)
+from training.models import (
+    AUTO,
+    MODELS,
+    build_model,
+    hyperparameters,
+    resolve_family,
+    skops_trusted_types,
+)
+from training.preprocess import (
+    CLASSIFICATION,
+    TASKS,
+    detect_task,
+    plan_columns,
+    prepare_frame,
+    warn_plan,
+)
 
 log = logging.getLogger("training")
 
 PROMOTE_CHOICES = ("none", "staging", "production", "auto")
 EXIT_BAD_INPUT, EXIT_GATE, EXIT_REGISTRY = 2, 3, 4
 
+__all__ = ["beats", "main", "parse_args", "run"]
+
 
 class GateFailed(RuntimeError):
-    """The new model did not reach ``min_accuracy``."""
+    """The new model did not pass the quality gate."""
 
 
 def _int(text: str) -> int:
@@ -42,18 +70,26 @@ def _int(text: str) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line parameters (the MLproject passes its parameters through here)."""
     p = argparse.ArgumentParser(prog="train", description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=BUNDLED, help="CSV/Parquet path (default: bundled breast-cancer set)")
+    p.add_argument("--data", default=BUNDLED,
+                   help="CSV/Parquet path, 'penguins' for the bundled penguins CSV (default: bundled breast-cancer set)")
     p.add_argument("--target", default="target", help="target column name")
-    p.add_argument("--model", default="logistic_regression", choices=MODELS)
+    p.add_argument("--task", default=AUTO, choices=(AUTO, *TASKS), help="default: detected from the target")
+    p.add_argument("--model", default=AUTO, choices=(AUTO, *MODELS),
+                   help="auto: logistic_regression for classification, ridge for regression")
     p.add_argument("--C", type=float, default=1.0, help="logistic_regression: inverse regularisation")
+    p.add_argument("--alpha", type=float, default=1.0, help="ridge: regularisation strength")
     p.add_argument("--max-iter", dest="max_iter", type=_int, default=5000, help="logistic_regression")
-    p.add_argument("--n-estimators", dest="n_estimators", type=_int, default=100, help="random_forest/gradient_boosting")
+    p.add_argument("--n-estimators", dest="n_estimators", type=_int, default=100,
+                   help="random_forest/gradient_boosting trees, hist_gradient_boosting iterations")
     p.add_argument("--max-depth", dest="max_depth", type=_int, default=0, help="trees: 0 = default")
-    p.add_argument("--learning-rate", dest="learning_rate", type=float, default=0.1, help="gradient_boosting")
+    p.add_argument("--learning-rate", dest="learning_rate", type=float, default=0.1, help="boosting")
     p.add_argument("--test-size", dest="test_size", type=float, default=0.2)
     p.add_argument("--seed", type=_int, default=42)
     p.add_argument("--model-name", dest="model_name", default="breast-cancer-classifier")
-    p.add_argument("--min-accuracy", dest="min_accuracy", type=float, default=0.9)
+    p.add_argument("--min-accuracy", dest="min_accuracy", type=float, default=0.9,
+                   help="classification gate: accuracy >= this (0 turns it off)")
+    p.add_argument("--gate", default="",
+                   help="extra gate, comma-separated METRIC>=X conditions, e.g. r2>=0.5 (regression default: r2>=0)")
     p.add_argument("--promote", default="none", choices=PROMOTE_CHOICES)
     p.add_argument("--experiment", default=None, help="experiment name when not started by `mlflow run`")
     args = p.parse_args(argv)
@@ -80,8 +116,8 @@ def _git_commit() -> str | None:
         return None
 
 
-def _production_metrics(client, name: str, X_test, y_test):
-    """Metrics of the current Production version on this holdout, or (None, None)."""
+def _production_metrics(client, name: str, task: str, X_test, y_test):
+    """Metrics of the current Production version on this holdout, or (version or None, None)."""
     import mlflow.pyfunc
 
     from mlops.registry import PRODUCTION, stage_version
@@ -93,25 +129,39 @@ def _production_metrics(client, name: str, X_test, y_test):
     prod = stage_version(client, name, PRODUCTION)
     if prod is None:
         return None, None
+    prod_task = (prod.tags or {}).get("task", CLASSIFICATION)
+    if prod_task != task:
+        log.warning("Production v%s is a %s model and this is %s: not compared", prod.version, prod_task, task)
+        return prod, None
     try:
         model = mlflow.pyfunc.load_model(f"models:/{name}/{prod.version}", suppress_warnings=True)
         raw = model.get_raw_model()
-        return prod, evaluate(raw, X_test, y_test)
+        return prod, evaluate(raw, X_test, y_test, task)
     except Exception as exc:  # noqa: BLE001 - comparison is informative, not required
-        log.warning("could not evaluate Production v%s on the holdout: %s", prod.version, exc)
+        log.warning("could not evaluate Production v%s on the holdout: %s", prod.version, str(exc).splitlines()[0])
         return prod, None
 
 
-def _description(args, ds, digest, metrics, prod, prod_metrics, n_train, n_test) -> str:
+def _description(args, ds, digest, task, family, plan, classes, metrics, prod, prod_metrics,
+                 n_train, n_test) -> str:
+    """The version's Markdown description: data, task, columns, metrics (vs Production)."""
     lines = [
-        f"**{args.model}** trained on `{args.data if args.data == BUNDLED else ds.source}` "
+        f"**{family}** ({task}) trained on `{args.data if args.data == BUNDLED else ds.source}` "
         f"(target `{ds.target}`, data digest `{digest}`): "
         f"{n_train} training rows, {n_test} holdout rows (test_size={args.test_size}, seed={args.seed}).",
+    ]
+    if classes is not None:
+        lines.append(f"Classes: {', '.join(f'`{c}`' for c in classes)}.")
+    if ds.dropped_rows:
+        lines.append(f"{ds.dropped_rows} rows without a target were left out.")
+    if plan.dropped:
+        lines.append("Columns not used: " + "; ".join(f"`{c}` ({why})" for c, why in plan.dropped.items()) + ".")
+    lines += [
         "",
         "| metric | this version |" + (f" Production v{prod.version} |" if prod_metrics else ""),
         "|---|---|" + ("---|" if prod_metrics else ""),
     ]
-    for m in METRIC_NAMES:
+    for m in metric_names(task):
         if m in metrics:
             row = f"| {m} | {metrics[m]:.4f} |"
             if prod_metrics and m in prod_metrics:
@@ -124,28 +174,74 @@ def _description(args, ds, digest, metrics, prod, prod_metrics, n_train, n_test)
     return "\n".join(lines)
 
 
-def beats(new: dict, old: dict | None) -> bool:
-    """True if ``new`` is better than ``old`` (accuracy, then roc_auc, then log_loss)."""
-    if old is None:
-        return True
-    for key, higher in (("accuracy", True), ("roc_auc", True), ("log_loss", False)):
-        a, b = new.get(key), old.get(key)
-        if a is None or b is None or abs(a - b) < 1e-12:
+def _gate(args, task: str) -> list[Condition]:
+    """The quality gate: accuracy >= min_accuracy for classification, plus ``--gate`` (or its default)."""
+    conditions = []
+    if task == CLASSIFICATION and args.min_accuracy > 0:
+        conditions.append(Condition("accuracy", ">=", args.min_accuracy))
+    conditions += parse_gate(args.gate or DEFAULT_GATE.get(task), task)
+    return conditions
+
+
+def _gate_failure(conditions: list[Condition], metrics: dict, args, run_id: str) -> str | None:
+    """The one-line reason the gate fails, or None when it passes."""
+    for c in conditions:
+        if c.holds(metrics):
             continue
-        return a > b if higher else a < b
-    return False
+        got = metrics.get(c.metric)
+        shown = "missing" if got is None else f"{got:.4f}"
+        if c.metric == "accuracy" and c.op == ">=" and c.value == args.min_accuracy:
+            why = f"accuracy {shown} < min_accuracy {args.min_accuracy:.4f}"
+        else:
+            why = f"{c.metric} {shown} does not satisfy {c}"
+        return f"quality gate failed: {why}; run {run_id} kept, nothing registered"
+    return None
+
+
+def _signature(X, plan, y_pred):
+    """Raw input columns with their real types, optional where the training data had gaps."""
+    import pandas as pd
+    from mlflow.models import infer_signature
+    from mlflow.models.signature import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    cols = []
+    for col in X.columns:
+        s = X[col]
+        if col in plan.boolean:
+            kind = "boolean"
+        elif col in plan.categorical:
+            kind = "string"
+        elif pd.api.types.is_integer_dtype(s):
+            kind = "long"
+        else:
+            kind = "double"
+        cols.append(ColSpec(kind, str(col), required=not bool(s.isna().any())))
+    outputs = infer_signature(X.head(2), y_pred).outputs
+    return ModelSignature(inputs=Schema(cols), outputs=outputs)
 
 
 def run(args: argparse.Namespace) -> int:
     """Train, log, gate, register and promote; return the exit code."""
     import mlflow
     import mlflow.sklearn
-    from mlflow.models import infer_signature
     from sklearn.model_selection import train_test_split
 
     from mlops import config, registry
 
     ds = load_dataset(args.data, args.target)
+    task, why = detect_task(ds.y, None if args.task == AUTO else args.task)
+    family = resolve_family(args.model, task)
+    conditions = _gate(args, task)
+    log.info("task: %s (%s); model family: %s", task, why, family)
+    plan = plan_columns(ds.X)
+    warn_plan(plan)
+    if not plan.used:
+        raise DataError("no usable feature column: " + "; ".join(f"{c}: {w}" for c, w in plan.dropped.items()))
+    X, y = prepare_frame(ds.X, plan), ds.y
+    if task != CLASSIFICATION:
+        y = y.astype(float)
+
     uri = config.tracking_uri()
     config.ensure_store(uri)
     mlflow.set_tracking_uri(uri)
@@ -154,70 +250,78 @@ def run(args: argparse.Namespace) -> int:
     if not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(experiment_id=config.ensure_experiment(client, args.experiment or args.model_name))
 
-    X, y = ds.X, ds.y
-    stratify = y if y.value_counts().min() >= 2 else None
+    stratify = y if task == CLASSIFICATION and y.value_counts().min() >= 2 else None
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=args.test_size, random_state=args.seed, stratify=stratify
     )
-    hp = hyperparameters(args.model, args)
+    hp = hyperparameters(family, args)
+    primary = PRIMARY[task]
 
     with mlflow.start_run() as active:
         run_id = active.info.run_id
         params = {
-            "data": args.data, "target": args.target, "model": args.model, "test_size": args.test_size,
-            "seed": args.seed, "model_name": args.model_name, "min_accuracy": args.min_accuracy,
-            "promote": args.promote, **hp,
+            "data": args.data, "target": args.target, "model": args.model, "task": args.task,
+            "test_size": args.test_size, "seed": args.seed, "model_name": args.model_name,
+            "min_accuracy": args.min_accuracy, "gate": args.gate, "promote": args.promote, **hp,
         }
         already = client.get_run(run_id).data.params  # `mlflow run` logs -P values itself
         mlflow.log_params({k: v for k, v in params.items() if k not in already and k.replace("_", "-") not in already})
-        mlflow.log_params({"n_train_rows": len(X_train), "n_test_rows": len(X_test), "n_features": X.shape[1]})
+        mlflow.log_params({
+            "n_train_rows": len(X_train), "n_test_rows": len(X_test), "n_features": X.shape[1],
+            "family": family, "detected_task": task, "dropped_target_rows": ds.dropped_rows,
+            "dropped_columns": ",".join(plan.dropped)[:500] or "-",
+        })
         dataset = mlflow.data.from_pandas(ds.frame, source=ds.source, targets=ds.target, name=ds.name)
         mlflow.log_input(dataset, context="training")
 
-        model = build_model(args.model, hp, args.seed)
+        model = build_model(family, hp, args.seed, task, plan)
         t0 = time.perf_counter()
         model.fit(X_train, y_train)
         train_time = time.perf_counter() - t0
-        metrics = evaluate(model, X_test, y_test)
+        metrics = evaluate(model, X_test, y_test, task)
         mlflow.log_metrics({**metrics, "training_time_s": train_time})
         log.info("holdout metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
         with tempfile.TemporaryDirectory() as tmp:
-            for path in save_plots(model, X_test, y_test, list(X.columns), Path(tmp)):
+            for path in save_plots(model, X_test, y_test, list(X.columns), Path(tmp), task, args.seed):
                 mlflow.log_artifact(str(path), artifact_path="plots")
 
-        signature = infer_signature(X_train, model.predict(X_train))
+        classes = [c.item() if hasattr(c, "item") else c for c in model.classes_] if task == CLASSIFICATION else None
         info = mlflow.sklearn.log_model(
             model,
             name="model",
-            signature=signature,
+            signature=_signature(X, plan, model.predict(X_train.head(5))),
             input_example=X_train.head(5),
             pip_requirements=_pip_requirements(),
-            skops_trusted_types=SKOPS_TRUSTED_TYPES[args.model] or None,
+            skops_trusted_types=skops_trusted_types(model) or None,
         )
 
-        gate_ok = metrics["accuracy"] >= args.min_accuracy
-        mlflow.set_tags({"mlops.gate": "passed" if gate_ok else "failed", "mlops.model_type": args.model})
-        if not gate_ok:
-            raise GateFailed(
-                f"quality gate failed: accuracy {metrics['accuracy']:.4f} < min_accuracy "
-                f"{args.min_accuracy:.4f}; run {run_id} kept, nothing registered"
-            )
+        failure = _gate_failure(conditions, metrics, args, run_id)
+        mlflow.set_tags({"mlops.gate": "failed" if failure else "passed", "mlops.model_type": family,
+                         "mlops.task": task, "mlops.gate_conditions": ",".join(map(str, conditions)) or "-"})
+        if failure:
+            raise GateFailed(failure)
 
-        prod, prod_metrics = _production_metrics(client, args.model_name, X_test, y_test)
+        prod, prod_metrics = _production_metrics(client, args.model_name, task, X_test, y_test)
         try:
             client.get_registered_model(args.model_name)
         except Exception:  # noqa: BLE001 - first version of this model
+            kind = "Classifier" if task == CLASSIFICATION else "Regressor"
             client.create_registered_model(
-                args.model_name, description=f"Classifier trained by the `train` entry point on {ds.name}."
+                args.model_name, description=f"{kind} trained by the `train` entry point on {ds.name}."
             )
+        shown = ("accuracy", "f1", "roc_auc") if task == CLASSIFICATION else ("rmse", "mae", "r2")
         tags = {
             "data_digest": dataset.digest,
             "data_source": ds.source,
-            "model_type": args.model,
+            "model_type": family,
+            "task": task,
+            "target": ds.target,
             "gate": "passed",
-            **{m: f"{metrics[m]:.4f}" for m in ("accuracy", "f1", "roc_auc") if m in metrics},
+            **{m: f"{metrics[m]:.4f}" for m in shown if m in metrics},
         }
+        if classes is not None:
+            tags["classes"] = ",".join(map(str, classes))[:5000]
         commit = _git_commit()
         if commit:
             tags["git_commit"] = commit
@@ -227,7 +331,8 @@ def run(args: argparse.Namespace) -> int:
             run_id=run_id,
             model_id=info.model_id,
             tags=tags,
-            description=_description(args, ds, dataset.digest, metrics, prod, prod_metrics, len(X_train), len(X_test)),
+            description=_description(args, ds, dataset.digest, task, family, plan, classes, metrics, prod,
+                                     prod_metrics, len(X_train), len(X_test)),
         )
         mlflow.set_tag("mlops.registered_version", mv.version)
         log.info("registered %s version %s", args.model_name, mv.version)
@@ -238,19 +343,20 @@ def run(args: argparse.Namespace) -> int:
         registry.promote(client, args.model_name, mv.version, stage, reason=f"train run {run_id}")
         promoted = stage
     elif args.promote == "auto":
-        if beats(metrics, prod_metrics):
+        if beats(metrics, prod_metrics, task):
             registry.promote(
                 client, args.model_name, mv.version, registry.PRODUCTION,
                 reason=f"auto: beats Production v{prod.version}" if prod else "auto: first Production version",
             )
             promoted = registry.PRODUCTION
         else:
+            direction = "higher" if HIGHER_IS_BETTER[primary] else "lower"
             log.info(
-                "not promoted: v%s accuracy %.4f does not beat Production v%s (%.4f) on the same holdout",
-                mv.version, metrics["accuracy"], prod.version, prod_metrics["accuracy"],
+                "not promoted: v%s %s %.4f does not beat Production v%s (%.4f, %s is better) on the same holdout",
+                mv.version, primary, metrics[primary], prod.version, prod_metrics[primary], direction,
             )
     log.info(
-        "done: %s v%s (accuracy %.4f)%s", args.model_name, mv.version, metrics["accuracy"],
+        "done: %s v%s (%s %.4f)%s", args.model_name, mv.version, primary, metrics[primary],
         f", now in {promoted}" if promoted else "",
     )
     return 0
