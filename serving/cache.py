@@ -174,12 +174,16 @@ class ModelCache:
         entry = data.get(selector)
         return entry if isinstance(entry, dict) and entry.get("version") else None
 
-    def write_pointer(self, selector: str, version: str, meta: dict) -> None:
-        """Point ``selector`` at ``version`` (read-modify-write under the lock, atomic rename)."""
+    def write_pointer(self, selector: str, version: str, meta: dict, registry: str | None = None) -> None:
+        """Point ``selector`` at ``version`` (read-modify-write under the lock, atomic rename).
+
+        ``registry`` (the tracking URI without secrets) is kept so that a service of another
+        registry sharing this folder never starts from this entry.
+        """
         with self.lock():
             data = self._read_all()
             record = self.record(version) or {}
-            data[selector] = {"version": str(version), "updated_at": time.time(), "meta": meta,
+            data[selector] = {"version": str(version), "updated_at": time.time(), "meta": meta, "registry": registry,
                               "identity": {k: record[k] for k in IDENTITY_KEYS if k in record}}
             _atomic_write(self.dir / POINTER, json.dumps(data, indent=2, sort_keys=True))
 

@@ -358,7 +358,8 @@ class ModelManager:
         )
         self._enrich(runtime.meta, mv)
         try:
-            self.cache.write_pointer(self.settings.selector, version, runtime.meta.to_dict())
+            self.cache.write_pointer(self.settings.selector, version, runtime.meta.to_dict(),
+                                     registry=self.settings.public()["tracking_uri"])
         except OSError as exc:
             log.warning("could not update the cache pointer: %s", exc)
         return None
@@ -423,6 +424,12 @@ class ModelManager:
         if version in self._cache_tried or version in self.failures:
             return
         self._cache_tried.add(version)
+        ours = self.settings.public()["tracking_uri"]
+        if entry.get("registry") and entry["registry"] != ours:
+            self.cache_note = (f"the cached pointer for {self.settings.selector_label} (v{version}) was written by "
+                               f"another registry ({entry['registry']}), not {ours}")
+            log.error("%s and %s: not starting from it", why, self.cache_note)
+            return
         meta = VersionMeta.from_dict(entry.get("meta") or {"name": self.settings.model_name, "version": version,
                                                            "selector": self.settings.selector})
         meta.version = version

@@ -115,6 +115,25 @@ def test_two_registries_sharing_a_cache_each_serve_their_own_weights(stores, tmp
         assert ma2.current.meta.run_id == ma.current.meta.run_id
 
 
+def test_a_restart_never_starts_from_another_registrys_pointer(stores, tmp_path):
+    a, b, _ = stores
+    a = copy_store(a, tmp_path / "a")
+    cache = tmp_path / "models"
+    with tracking(a.uri):
+        manager_for(a, cache, tmp_path).check()
+    with tracking(b.uri):
+        manager_for(b, cache, tmp_path).check()  # b now holds the shared pointer and v1 entry
+    with tracking(a.uri):
+        from mlflow import MlflowClient
+
+        MlflowClient(a.uri, a.uri).delete_registered_model(MODEL)
+        restarted = manager_for(a, cache, tmp_path)
+        restarted.check()
+        h = restarted.health()
+        assert restarted.current is None, "registry a serves registry b's model from the shared cache"
+        assert h["status"] == "unavailable" and "another registry" in h["reason"], h
+
+
 # -- item 10: a damaged entry is dropped and fetched again ------------------------------------------
 
 
