@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from collections import Counter
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
@@ -17,6 +18,8 @@ from typing import Any
 
 import numpy as np
 import orjson
+
+from serving.settings import DEFAULT_MAX_COLUMNS
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 PARAMS_KEY = "params"
@@ -35,6 +38,32 @@ _ALLOWED = {
     "datetime": (str,),
 }
 _NUMERIC = ("double", "float", "long", "integer", "boolean")
+
+#: The cap on the columns a request may name (CSV header, dataframe_split columns, record keys).
+_limits = {"max_columns": DEFAULT_MAX_COLUMNS}
+
+
+def set_max_columns(limit: int) -> None:
+    """Set the process-wide column cap (the service's ``MAX_COLUMNS`` setting)."""
+    if limit < 1:
+        raise ValueError(f"max_columns must be >= 1, got {limit}")
+    _limits["max_columns"] = limit
+
+
+def max_columns(spec: InputSpec) -> int:
+    """The cap for ``spec``: ``MAX_COLUMNS``, never below the signature's own width."""
+    return max(_limits["max_columns"], len(spec.columns))
+
+
+def _check_width(count: int, spec: InputSpec, what: str) -> None:
+    """InputError TOO_MANY_COLUMNS when a request names more columns than the cap."""
+    limit = max_columns(spec)
+    if count > limit:
+        raise InputError(
+            "TOO_MANY_COLUMNS",
+            f"{what} has {count} columns; at most {limit} are accepted (MAX_COLUMNS; the model signature has "
+            f"{len(spec.columns)})",
+        )
 
 
 class InputError(Exception):
@@ -173,14 +202,14 @@ def split_payload(payload: dict) -> tuple[str, Any, dict | None]:
     """(format, data, params) from a scoring-protocol object."""
     found = [k for k in FORMATS if k in payload]
     if len(found) != 1:
-        got = ", ".join(sorted(map(str, payload))) or "none"
+        got = _names(sorted(map(str, payload))) or "none"
         raise InputError(
             "INVALID_INPUT_FORMAT",
             f"the JSON object must have exactly one of {', '.join(FORMATS)} (plus optional params); got keys: {got}",
         )
     unknown = [k for k in payload if k not in FORMATS and k != PARAMS_KEY]
     if unknown:
-        raise InputError("INVALID_INPUT_FORMAT", f"unknown top-level key(s): {', '.join(map(str, unknown))}")
+        raise InputError("INVALID_INPUT_FORMAT", f"unknown top-level key(s): {_names(map(str, unknown))}")
     params = payload.get(PARAMS_KEY)
     if params is not None and not isinstance(params, dict):
         raise InputError("INVALID_PARAMS", f"params must be a JSON object, got a {_jtype(params)}")
@@ -221,7 +250,7 @@ def _split_rows(data: Any, spec: InputSpec) -> list:
         raise InputError("INVALID_INPUT_FORMAT", f"dataframe_split must be an object with columns and data, got a {_jtype(data)}")
     extra = set(data) - {"columns", "data", "index"}
     if extra:
-        raise InputError("INVALID_INPUT_FORMAT", f"dataframe_split has unknown key(s): {', '.join(sorted(map(str, extra)))}")
+        raise InputError("INVALID_INPUT_FORMAT", f"dataframe_split has unknown key(s): {_names(sorted(map(str, extra)))}")
     if "columns" not in data:
         raise InputError("MISSING_COLUMNS", "dataframe_split needs 'columns' (the signature's column names)")
     if "data" not in data:
@@ -229,6 +258,7 @@ def _split_rows(data: Any, spec: InputSpec) -> list:
     columns, rows = data["columns"], data["data"]
     if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
         raise InputError("INVALID_INPUT_FORMAT", "dataframe_split columns must be a list of strings")
+    _check_width(len(columns), spec, "dataframe_split columns")
     if not isinstance(rows, list):
         raise InputError("INVALID_INPUT_FORMAT", f"dataframe_split data must be a list of rows, got a {_jtype(rows)}")
     _check_rows_shape(rows, len(columns), "dataframe_split")
@@ -245,10 +275,10 @@ def _permutation(columns: list[str], spec: InputSpec) -> list[int | None]:
     """Positions of the signature's columns in ``columns`` (None: an absent optional column);
     InputError for missing required, extra or duplicate columns."""
     seen: dict[str, int] = {}
-    dupes = []
+    dupes: dict[str, None] = {}  # each duplicated name once, in order
     for i, c in enumerate(columns):
         if c in seen:
-            dupes.append(c)
+            dupes[c] = None
         seen[c] = i
     if dupes:
         raise InputError("DUPLICATE_COLUMNS", f"duplicate column(s): {_names(dupes)}")
@@ -293,6 +323,7 @@ def _records_rows(records: list, spec: InputSpec, fmt: str) -> list:
             pass  # fall through to the per-record diagnosis
     for i, rec in enumerate(records):
         try:
+            _check_width(len(rec), spec, "the record")
             _check_column_names(set(rec), spec)
         except InputError as exc:
             raise InputError(exc.code, f"{fmt} record {i}: {exc.message}") from None
@@ -312,6 +343,7 @@ def _tf_rows(data: Any, spec: InputSpec, fmt: str) -> list:
 
 
 def _columnar_rows(data: dict, spec: InputSpec, fmt: str) -> list:
+    _check_width(len(data), spec, f"the {fmt} object")
     _check_column_names(set(data), spec)
     values = [data.get(c) for c in spec.columns]
     if all(not isinstance(v, list) for v in values):
@@ -426,11 +458,13 @@ def _parse_csv(body: bytes, spec: InputSpec, build_frame: bool) -> ParsedInput:
         cols = next(csv.reader(io.StringIO(text)))
     except (csv.Error, StopIteration) as exc:
         raise InputError("MALFORMED_CSV", f"cannot parse the CSV header: {_first_line(exc)}") from None
-    dupes = sorted({c for c in cols if cols.count(c) > 1})
+    _check_width(len(cols), spec, "the CSV header")
+    counts = Counter(cols)  # linear: a header of many (empty) names must not cost n^2
+    dupes = sorted(c for c, n in counts.items() if n > 1)
     if dupes:
         raise InputError("DUPLICATE_COLUMNS", f"duplicate column(s): {_names(dupes)}")
-    _check_column_names(set(cols), spec)
-    dtypes = {s.name: s.dtype for s in spec.specs if s.dtype is not None and s.name in cols}
+    _check_column_names(set(counts), spec)
+    dtypes = {s.name: s.dtype for s in spec.specs if s.dtype is not None and s.name in counts}
     if not spec.all_required:
         dtypes = {k: v for k, v in dtypes.items() if v.kind == "f"}
     try:
@@ -478,8 +512,15 @@ def _short(value: Any) -> str:
 
 
 def _names(names) -> str:
-    names = [f"'{n}'" for n in names]
-    return ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    """At most 10 quoted names, then how many more (messages stay short whatever the input)."""
+    names = list(names)
+    shown = ", ".join(f"'{_short_name(n)}'" for n in names[:10])
+    return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+
+
+def _short_name(name: Any) -> str:
+    text = str(name)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _first_line(exc: Exception) -> str:

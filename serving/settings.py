@@ -10,6 +10,9 @@ from pathlib import Path
 from mlops import config
 
 DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_COLUMNS = 2048
+DEFAULT_THREADS = 4
+DEFAULT_READ_TIMEOUT_S = 10.0
 MAX_DEFAULT_WORKERS = 8
 
 
@@ -33,12 +36,15 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 5000
     workers: int = field(default_factory=default_workers)
+    threads: int = DEFAULT_THREADS
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     poll_interval_s: float = 0.5
     model_cache_dir: Path = Path("models")
     log_dir: Path = Path("logs")
     admin_token: str | None = field(default=None, repr=False)
     api_token: str | None = field(default=None, repr=False)
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_columns: int = DEFAULT_MAX_COLUMNS
     log_level: str = "INFO"
     log_max_bytes: int = 10 * 1024 * 1024
     log_backups: int = 5
@@ -95,12 +101,15 @@ class Settings:
             host=get("HOST") or "127.0.0.1",
             port=number("PORT", int, 5000, 1, 65535),
             workers=number("WORKERS", int, default_workers(), 1, 64),
+            threads=number("THREADS", int, DEFAULT_THREADS, 1, 64),
+            read_timeout_s=number("READ_TIMEOUT_S", float, DEFAULT_READ_TIMEOUT_S, 0.5, 600),
             poll_interval_s=number("POLL_INTERVAL_S", float, 0.5, 0.05, 3600),
             model_cache_dir=_path(get("MODEL_CACHE_DIR"), home / "models"),
             log_dir=_path(get("LOG_DIR"), home / "logs"),
             admin_token=get("ADMIN_TOKEN"),
             api_token=get("API_TOKEN"),
             max_body_bytes=number("MAX_BODY_BYTES", int, DEFAULT_MAX_BODY_BYTES, 1024),
+            max_columns=number("MAX_COLUMNS", int, DEFAULT_MAX_COLUMNS, 1, 1_000_000),
             log_level=level,
             log_max_bytes=number("LOG_MAX_BYTES", int, 10 * 1024 * 1024, 1024),
             log_backups=number("LOG_BACKUPS", int, 5, 0, 1000),
@@ -123,6 +132,7 @@ class Settings:
             "model_cache_dir": str(self.model_cache_dir),
             "log_dir": str(self.log_dir),
             "max_body_bytes": self.max_body_bytes,
+            "max_columns": self.max_columns,
             "api_token_required": bool(self.api_token),
             "admin_token_configured": bool(self.admin_token),
         }
