@@ -17,7 +17,13 @@ import uuid
 import numpy as np
 import orjson
 from flask import Flask, Response, g, request
-from werkzeug.exceptions import HTTPException
+from gunicorn.http.errors import (
+    ChunkMissingTerminator,
+    InvalidChunkExtension,
+    InvalidChunkSize,
+    NoMoreData,
+)
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from serving import inputs, openapi
 from serving import logs as service_logs
@@ -25,6 +31,11 @@ from serving.inputs import InputError
 from serving.manager import ModelManager, iso
 from serving.metrics import Metrics
 from serving.settings import Settings
+from serving.worker import abandon_body, read_expired
+
+# What gunicorn's body readers raise for a malformed chunked body, and for one that ends early.
+_BAD_CHUNKS: tuple[type[Exception], ...] = (InvalidChunkSize, ChunkMissingTerminator, InvalidChunkExtension)
+_BODY_ENDED: tuple[type[Exception], ...] = (NoMoreData, ClientDisconnected)
 
 log = logging.getLogger("serving.app")
 
@@ -47,6 +58,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
 
     app = Flask("serving")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    inputs.set_max_columns(settings.max_columns)
     app.json.sort_keys = False
     app.extensions[EXTENSION] = manager
     api_token = settings.api_token.encode() if settings.api_token else None
@@ -66,11 +78,33 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         return hmac.compare_digest(token.strip().encode(), expected) and scheme.lower() == "bearer"
 
     def read_body() -> bytes:
-        """The request body, at most MAX_BODY_BYTES (chunked bodies included); 413 above."""
-        if request.content_length is not None:
-            return request.get_data(cache=False)  # the length was checked in _begin
-        stream = request.environ.get("wsgi.input")
-        data = stream.read(settings.max_body_bytes + 1) if stream is not None else b""
+        """The request body, at most MAX_BODY_BYTES (chunked bodies included); 413 above.
+
+        A malformed chunked body is a 400, a body that stops early (the client went away, or
+        its read deadline passed: 408) too; both close the connection and log one debug line.
+        """
+        environ = request.environ
+        try:
+            if request.content_length is not None:  # the length was checked in _begin
+                data = request.get_data(cache=False)
+                if len(data) < request.content_length:  # gunicorn: the stream just ends
+                    raise NoMoreData(data)
+                return data
+            stream = environ.get("wsgi.input")
+            data = stream.read(settings.max_body_bytes + 1) if stream is not None else b""
+        except (*_BAD_CHUNKS, *_BODY_ENDED) as exc:
+            abandon_body(environ)
+            fields = {"fields": {"request_id": g.rid}}
+            if read_expired(environ):
+                log.debug("request body read timed out (READ_TIMEOUT_S)", extra=fields)
+                raise BodyError("REQUEST_TIMEOUT", "the request body did not arrive in time "
+                                                   f"(READ_TIMEOUT_S = {settings.read_timeout_s:g})", 408) from None
+            if isinstance(exc, _BAD_CHUNKS):
+                log.debug("malformed chunked body: %s", exc, extra=fields)
+                raise BodyError("MALFORMED_BODY", f"invalid chunked transfer encoding: {type(exc).__name__} "
+                                                  f"({_first_line(exc)})") from None
+            log.debug("client disconnected during the body: %s", type(exc).__name__, extra=fields)
+            raise BodyError("INCOMPLETE_BODY", "the request body ended before it was complete") from None
         if len(data) > settings.max_body_bytes:
             raise InputError("PAYLOAD_TOO_LARGE",
                              f"request body is larger than the limit (MAX_BODY_BYTES = {settings.max_body_bytes})", 413)
@@ -123,12 +157,19 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                   extra={"fields": {"request_id": getattr(g, "rid", None)}})
         return error("INTERNAL_ERROR", f"internal error (request id {getattr(g, 'rid', '-')}); see the service log", 500)
 
-    # -- predictions ------------------------------------------------------------------------------
-
-    def predict(endpoint: str, with_meta: bool) -> Response:
+    def api_denied() -> Response | None:
+        """401 unless the request carries the API token (None: go ahead, or no token is set)."""
         if api_token is not None and not bearer_ok(api_token):
             return error("UNAUTHORIZED", "missing or wrong bearer token (API_TOKEN is set)", 401,
                          {"WWW-Authenticate": "Bearer"})
+        return None
+
+    # -- predictions ------------------------------------------------------------------------------
+
+    def predict(endpoint: str, with_meta: bool) -> Response:
+        denied = api_denied()
+        if denied is not None:
+            return denied
         runtime = manager.current
         if runtime is None:
             return error("MODEL_NOT_READY", "no model loaded yet; see /health", 503, {"Retry-After": "1"})
@@ -177,6 +218,9 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
 
     @app.get("/api/model/info")
     def model_info():
+        denied = api_denied()
+        if denied is not None:
+            return denied
         rt = manager.current
         if rt is None:
             return error("MODEL_NOT_READY", "no model loaded yet; see /health", 503)
@@ -221,11 +265,17 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
 
     @app.get("/metrics")
     def metrics_endpoint():
+        denied = api_denied()  # Prometheus: `authorization: {credentials: <API_TOKEN>}`
+        if denied is not None:
+            return denied
         body, ctype = metrics.render()
         return Response(body, mimetype=ctype.split(";")[0], content_type=ctype)
 
     @app.get("/openapi.json")
     def openapi_doc():
+        denied = api_denied()
+        if denied is not None:
+            return denied
         return json_response(openapi.build(manager.current, settings))
 
     @app.get("/")
@@ -234,6 +284,15 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                               "docs": "/openapi.json", "health": "/health"})
 
     return app
+
+
+class BodyError(InputError):
+    """The request body could not be read to its end (answered; the worker then closes the connection)."""
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
 
 
 def _labels(labels):

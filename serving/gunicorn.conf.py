@@ -1,7 +1,10 @@
 """gunicorn settings for the prediction service (``mlops serve`` uses this file).
 
 * bind/workers from the service settings (``HOST``, ``PORT``, ``WORKERS``; default 2 x cores + 1,
-  at most 8), ``gthread`` workers with keep-alive;
+  at most 8), ``THREADS`` threads per worker (default 4) with keep-alive;
+* worker class ``serving.worker.ServingWorker``: gunicorn's ``gthread`` plus a read deadline on
+  every request (``READ_TIMEOUT_S``, default 10 s), so a stalled or slow client holds one thread
+  for at most that long, never a whole worker (docs/serving.md, "Worker model");
 * the app (and its heavy imports: MLflow, scikit-learn) is preloaded once in the master and
   forked (``gc.freeze()`` first, so the pages stay shared); no thread runs in the master: each
   worker starts its registry poller after the fork;
@@ -21,6 +24,7 @@ import shutil
 import tempfile
 
 from serving.settings import Settings
+from serving.worker import ServingWorker
 
 _settings = Settings.from_env()
 
@@ -35,8 +39,9 @@ else:
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-worker_class = os.environ.get("WORKER_CLASS", "gthread")
-threads = int(os.environ.get("THREADS", "1"))
+worker_class = os.environ.get("WORKER_CLASS", "serving.worker.ServingWorker")
+threads = _settings.threads
+ServingWorker.read_timeout_s = _settings.read_timeout_s  # set in the master, inherited by each fork
 keepalive = int(os.environ.get("KEEPALIVE_S", "5"))
 timeout = int(os.environ.get("TIMEOUT_S", "60"))
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT_S", "20"))

@@ -1,0 +1,134 @@
+"""The gunicorn worker of the prediction service: ``gthread`` with a deadline on reading a request.
+
+gunicorn's ``gthread`` worker hands a new connection to a thread once its first bytes arrive
+(it waits up to 5 s on the poller before that). From then on the thread reads the request line,
+the headers and, through the app, the body with blocking reads that have no timeout: a client
+that sends ``POST /invocations HTTP/1.1`` and stops holds that thread for as long as it keeps the
+connection open. With one thread per worker that is the whole worker.
+
+This worker gives every request a read deadline (``READ_TIMEOUT_S``, counted from the moment a
+thread takes the connection): each read waits at most for what is left of it, and once it has
+passed the connection reads as closed. A stalled or trickling client then costs one thread for
+at most the deadline; gunicorn drops it quietly (a debug line), or the app answers 400/408 when
+the stall was in the body. Writes are not bounded by the deadline (predictions may take longer
+than a read). Closing a connection never waits on the client either (see ``DeadlineConn.close``).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+from gunicorn.http.unreader import SocketUnreader
+from gunicorn.workers.gthread import TConn, ThreadWorker
+
+from serving.settings import DEFAULT_READ_TIMEOUT_S
+
+
+class DeadlineUnreader(SocketUnreader):
+    """A socket reader that reads EOF once ``deadline`` (``time.monotonic()``) has passed.
+
+    ``expired`` says the deadline cut a read short; ``abandoned`` that the app gave up on the
+    body (malformed or cut short): either way the connection is closed after the response.
+    """
+
+    deadline: float | None = None
+    expired: bool = False
+    abandoned: bool = False
+
+    def chunk(self) -> bytes:
+        """The next bytes from the socket, or ``b""`` when the deadline is over."""
+        if self.deadline is None or self.abandoned:
+            return b"" if self.abandoned else super().chunk()
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            self.expired = True
+            return b""
+        prior = self.sock.gettimeout()
+        self.sock.settimeout(remaining)
+        try:
+            return self.sock.recv(self.mxchunk)
+        except TimeoutError:
+            self.expired = True
+            return b""
+        finally:
+            self.sock.settimeout(prior)
+
+
+class DeadlineConn(TConn):
+    """A connection whose every request must be read within ``read_timeout_s``."""
+
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+
+    def init(self) -> None:
+        """Called by the worker thread each time it takes the connection (new or keep-alive)."""
+        super().init()
+        unreader = getattr(self.parser, "unreader", None)
+        if type(unreader) is SocketUnreader:
+            unreader.__class__ = DeadlineUnreader
+        if isinstance(unreader, DeadlineUnreader):
+            unreader.deadline = time.monotonic() + self.read_timeout_s
+            unreader.expired = unreader.abandoned = False
+
+    def close(self, graceful: bool = False) -> None:
+        """Close without waiting on the client.
+
+        gunicorn's graceful close half-closes, then waits up to 2 s for the client to close its
+        side, on the worker's main loop: a client that never does (every stalled one) would
+        stop that worker from accepting or dispatching anything for 2 s per connection. Here the
+        unread bytes already received are drained without blocking (so the kernel does not reset
+        the connection over them and cut the response short), then the socket is closed.
+        """
+        if graceful:
+            try:
+                self.sock.shutdown(socket.SHUT_WR)
+                drained = 0
+                while drained < 65536:
+                    data = self.sock.recv(4096, socket.MSG_DONTWAIT)
+                    if not data:
+                        break
+                    drained += len(data)
+            except OSError:  # BlockingIOError: nothing more buffered; or the peer is gone
+                pass
+        super().close(graceful=False)
+
+
+class ServingWorker(ThreadWorker):
+    """``gthread`` whose connections have a read deadline (set ``read_timeout_s`` before forking)."""
+
+    read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+
+    def enqueue_req(self, conn: TConn) -> None:
+        """Submit the connection to a thread, as a DeadlineConn."""
+        if type(conn) is TConn:
+            conn.__class__ = DeadlineConn
+            conn.read_timeout_s = self.read_timeout_s
+        super().enqueue_req(conn)
+
+    def handle_request(self, req, conn: TConn) -> bool:
+        """Serve one request; keep the connection only if its body was read cleanly."""
+        keepalive = super().handle_request(req, conn)
+        unreader = getattr(conn.parser, "unreader", None)
+        if getattr(unreader, "expired", False) or getattr(unreader, "abandoned", False):
+            return False
+        return keepalive
+
+
+def _unreader(environ: dict) -> DeadlineUnreader | None:
+    reader = getattr(environ.get("wsgi.input"), "reader", None)  # gunicorn's Body
+    unreader = getattr(reader, "unreader", None) or getattr(getattr(reader, "req", None), "unreader", None)
+    return unreader if isinstance(unreader, DeadlineUnreader) else None
+
+
+def read_expired(environ: dict) -> bool:
+    """True when the request's body stopped because its read deadline passed (this worker only)."""
+    unreader = _unreader(environ)
+    return bool(unreader is not None and unreader.expired)
+
+
+def abandon_body(environ: dict) -> None:
+    """Give up on the rest of the body: nothing more is read, the connection closes after the
+    response (under this worker; elsewhere a no-op)."""
+    unreader = _unreader(environ)
+    if unreader is not None:
+        unreader.abandoned = True
