@@ -26,8 +26,14 @@ Generated from the service's OpenAPI 3 document (`GET /openapi.json`) by
 drift apart. The live document also carries the column schema of the model being served.
 
 Errors always have the shape `{"error_code": "...", "message": "..."}`. Prediction responses carry
-the header `X-Model-Version`. When `API_TOKEN` is set, prediction endpoints need
-`Authorization: Bearer $API_TOKEN`; `/api/model/reload` always needs `Authorization: Bearer $ADMIN_TOKEN`.
+the header `X-Model-Version`. When `API_TOKEN` is set, every endpoint except `/health`, `/ready`
+(`/ping`) and `/` needs `Authorization: Bearer $API_TOKEN`: the prediction endpoints,
+`/api/model/info` (tracking URI, paths, run id), `/openapi.json` and `/metrics` (Prometheus sends it
+with `authorization: {credentials: ...}` in its scrape config); `/api/model/reload` always needs
+`Authorization: Bearer $ADMIN_TOKEN`. Bad requests are 4xx with a JSON body: too many columns
+(`TOO_MANY_COLUMNS`, above `MAX_COLUMNS`), a malformed chunked body (`MALFORMED_BODY`), a body
+that ends early (`INCOMPLETE_BODY`) or does not arrive within `READ_TIMEOUT_S` (408
+`REQUEST_TIMEOUT`).
 """
 
 

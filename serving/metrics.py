@@ -18,6 +18,12 @@ from prometheus_client import (
     generate_latest,
 )
 
+#: Label values are fixed sets, whatever clients send: other methods count as "other", statuses
+#: outside STATUSES by their class ("2xx" ... "5xx"), unmatched paths as "<unmatched>" (the app).
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+STATUSES = frozenset({200, 400, 401, 403, 404, 405, 408, 411, 413, 414, 415, 431, 500, 503})
+OTHER = "other"
+
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 #: name -> help, for the docs and the tests
@@ -63,12 +69,15 @@ class Metrics:
         self._children: dict = {}
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:
-        """Count one request and its latency (children cached: label lookup is the costly part)."""
-        key = (endpoint, method, status)
+        """Count one request and its latency (children cached: label lookup is the costly part).
+
+        ``endpoint`` must come from a fixed set (route templates); method and status are mapped
+        onto fixed sets here, so no request can add label values (or cache entries) of its own.
+        """
+        key = (endpoint, method if method in METHODS else OTHER, str(status) if status in STATUSES else status_class(status))
         pair = self._children.get(key)
         if pair is None:
-            labels = (endpoint, method, str(status))
-            pair = (self.requests.labels(*labels), self.latency.labels(*labels))
+            pair = (self.requests.labels(*key), self.latency.labels(*key))
             self._children[key] = pair
         pair[0].inc()
         pair[1].observe(seconds)
@@ -95,3 +104,8 @@ class Metrics:
             multiprocess.MultiProcessCollector(registry)
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def status_class(status: int) -> str:
+    """``2xx`` ... ``5xx`` (``other`` outside 100-599)."""
+    return f"{status // 100}xx" if 100 <= status <= 599 else OTHER

@@ -91,6 +91,7 @@ def build(runtime, settings) -> dict[str, Any]:
     }
     version_header = {"X-Model-Version": {"schema": {"type": "string"}, "description": "Model version that answered"}}
     security_predict = [{"bearerAuth": []}] if settings.api_token else []
+    unauthorized = {"401": _error("API_TOKEN is set and the bearer token is missing or wrong")} if settings.api_token else {}
     doc: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {
@@ -113,7 +114,9 @@ def build(runtime, settings) -> dict[str, Any]:
             }},
             "/api/model/info": {"get": {
                 "summary": "The served version: name, version, stage, run id, signature, holdout metrics, times",
+                "security": security_predict,
                 "responses": {"200": {"description": "Model info", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ModelInfo"}}}},
+                              **unauthorized,
                               "503": _error("No model loaded yet")},
             }},
             "/api/predict": {"post": {
@@ -142,11 +145,15 @@ def build(runtime, settings) -> dict[str, Any]:
             }},
             "/metrics": {"get": {
                 "summary": "Prometheus exposition (summed over all workers)",
-                "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+                "security": security_predict,
+                "responses": {"200": {"description": "Metrics", "content": {"text/plain": {"schema": {"type": "string"}}}},
+                              **unauthorized},
             }},
             "/openapi.json": {"get": {
                 "summary": "This document",
-                "responses": {"200": {"description": "OpenAPI 3 document", "content": {"application/json": {"schema": {"type": "object"}}}}},
+                "security": security_predict,
+                "responses": {"200": {"description": "OpenAPI 3 document", "content": {"application/json": {"schema": {"type": "object"}}}},
+                              **unauthorized},
             }},
         },
         "components": {

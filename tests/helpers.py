@@ -157,12 +157,15 @@ def healths(url: str, n: int = 20) -> dict[int, dict]:
     return seen
 
 
-def gauge(url: str, name: str, **labels) -> float:
-    """Sum of the samples of metric ``name`` matching ``labels`` in /metrics."""
+def gauge(url: str, name: str, headers: dict | None = None, **labels) -> float:
+    """Sum of the samples of metric ``name`` matching ``labels`` in /metrics (``headers``: the
+    bearer token when the service has API_TOKEN set)."""
     from prometheus_client.parser import text_string_to_metric_families
 
+    r = requests.get(url + "/metrics", headers=headers, timeout=10)
+    r.raise_for_status()
     total = 0.0
-    for fam in text_string_to_metric_families(requests.get(url + "/metrics", timeout=10).text):
+    for fam in text_string_to_metric_families(r.text):
         for s in fam.samples:
             if s.name == name and all(s.labels.get(k) == str(v) for k, v in labels.items()):
                 total += s.value

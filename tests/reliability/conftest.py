@@ -112,10 +112,11 @@ def all_workers(url: str, predicate) -> bool:
     return len(seen) == WORKERS and all(predicate(h) for h in seen.values())
 
 
-def served_by_all(url: str, version: str) -> bool:
-    """Every live worker serves ``version`` (the multiprocess gauge counts workers per version)."""
-    return (gauge(url, "serving_model_version_info", version=version) == WORKERS
-            and gauge(url, "serving_model_version_info") == WORKERS)
+def served_by_all(url: str, version: str, headers: dict | None = None) -> bool:
+    """Every live worker serves ``version`` (the multiprocess gauge counts workers per version);
+    ``headers`` carry the API token (/metrics needs it)."""
+    return (gauge(url, "serving_model_version_info", headers, version=version) == WORKERS
+            and gauge(url, "serving_model_version_info", headers) == WORKERS)
 
 
 def _live(field: int, value: int) -> list[int]:
@@ -249,7 +250,7 @@ def _finish_training(s: Stack, procs: list[tuple[subprocess.Popen, Path]]) -> Mo
     assert versions == [1, 2], versions
     out = s.mlops("promote", MODEL, "1", "--reason", "reliability suite baseline", SERVING_URL=s.serving)
     assert "serving notified" in out.stdout, out.stdout + out.stderr
-    wait_for(lambda: served_by_all(s.serving, "1"), 120, "both workers to serve v1")
+    wait_for(lambda: served_by_all(s.serving, "1", s.api_headers), 120, "both workers to serve v1")
     return Models("1", "2")
 
 

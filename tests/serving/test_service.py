@@ -89,7 +89,7 @@ def test_health_and_model_info(env):
     assert (h["model_name"], h["model_version"], h["model_stage"]) == (MODEL, "1", "Production")
     assert h["registry"]["reachable"] is True and h["last_swap_error"] is None
 
-    info = requests.get(env.url + "/api/model/info", timeout=10).json()
+    info = requests.get(env.url + "/api/model/info", headers=AUTH, timeout=10).json()
     assert (info["model_name"], info["model_version"], info["stage"]) == (MODEL, "1", "Production")
     assert info["aliases"] == ["production"]
     assert info["run_id"]
@@ -226,8 +226,15 @@ def test_prediction_endpoints_require_the_api_token(env, frame):
             assert r.status_code == 401, (path, headers)
             assert r.json()["error_code"] == "UNAUTHORIZED"
         assert env.post(path, payload).status_code == 200
-    for path in ("/health", "/ready", "/metrics", "/openapi.json", "/api/model/info"):
+    # Only the probes stay open; the model's details, the API description and the metrics
+    # (tracking URI, paths, run id, traffic) need the token too.
+    for path in ("/health", "/ready"):
         assert requests.get(env.url + path, timeout=10).status_code == 200, path
+    for path in ("/metrics", "/openapi.json", "/api/model/info"):
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            r = requests.get(env.url + path, headers=headers, timeout=10)
+            assert r.status_code == 401 and r.json()["error_code"] == "UNAUTHORIZED", (path, headers)
+        assert requests.get(env.url + path, headers=AUTH, timeout=10).status_code == 200, path
 
 
 def test_reload_requires_the_admin_token(env):
@@ -245,7 +252,7 @@ def test_reload_requires_the_admin_token(env):
 # -- metrics and docs -----------------------------------------------------------------------------
 
 def scrape(env) -> dict[tuple, float]:
-    text = requests.get(env.url + "/metrics", timeout=10).text
+    text = requests.get(env.url + "/metrics", headers=AUTH, timeout=10).text
     out = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -291,7 +298,7 @@ def test_metrics_add_up_across_two_workers(env, frame):
 def test_openapi_document_is_valid_and_complete(env):
     from openapi_spec_validator import validate
 
-    doc = requests.get(env.url + "/openapi.json", timeout=10).json()
+    doc = requests.get(env.url + "/openapi.json", headers=AUTH, timeout=10).json()
     validate(doc)
     for path in ("/health", "/ready", "/api/model/info", "/api/predict", "/invocations", "/api/model/reload",
                  "/metrics", "/openapi.json"):
