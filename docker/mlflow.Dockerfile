@@ -10,7 +10,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     GIT_PYTHON_REFRESH=quiet
 
-RUN pip install "mlflow[auth]==3.17.2" "psycopg2-binary==2.9.13" "boto3==1.44.8"
+RUN pip install "mlflow[auth]==3.17.2" "psycopg2-binary==2.9.13" "psycopg[binary]==3.3.9" "boto3==1.44.8"
 
 RUN useradd --system --create-home --uid 10001 mlflow \
     && mkdir -p /var/lib/mlflow/auth \

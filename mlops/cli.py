@@ -36,8 +36,8 @@ def tracking_option(f):
 
 
 def fail(message: str, code: int = 1):
-    """Print one line to stderr and exit non-zero."""
-    click.echo(f"error: {message}", err=True)
+    """Print one line to stderr (passwords in URIs redacted) and exit non-zero."""
+    click.echo(f"error: {config.redact_uri(message)}", err=True)
     sys.exit(code)
 
 
@@ -49,6 +49,17 @@ def _is_operational(exc: Exception) -> bool:
         if mod is not None:
             known.append(getattr(mod, name))
     return bool(known) and isinstance(exc, tuple(known))
+
+
+class RedactingFilter(logging.Filter):
+    """Replace passwords inside URIs in every log record the CLI writes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = config.redact_uri(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
 
 
 class Group(click.Group):
@@ -69,7 +80,14 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+        except click.ClickException as exc:
+            exc.message = config.redact_uri(exc.message)
+            raise
+        except SystemExit as exc:
+            if isinstance(exc.code, str):
+                raise SystemExit(config.redact_uri(exc.code)) from None
+            raise
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
             fail("interrupted", 130)
@@ -91,6 +109,9 @@ def cli(verbose: bool) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
     for noisy in ("mlflow", "alembic", "urllib3", "botocore", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
 

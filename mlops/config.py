@@ -5,8 +5,31 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 DEFAULT_MODEL_NAME = "breast-cancer-classifier"
+
+
+# scheme://user:password@host[:port] inside any text. The password runs to the last `@` that is
+# followed by a host, so `#`, `@`, `/` and `:` inside an unencoded password are covered too.
+_URI_CREDENTIALS = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)(?P<user>[^\s:/@'\"]*):(?P<password>\S*)"
+    r"@(?P<host>[A-Za-z0-9._\-]+|\[[0-9A-Fa-f:.]+\])(?P<port>:\d+)?(?=[/?\s'\")\],;]|$)"
+)
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` (or any text holding URIs) with each password replaced by ``***``.
+
+    The one redaction helper of the project: CLI errors, logs and archives go through it.
+    """
+    return _URI_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@{m['host']}{m['port'] or ''}", uri)
+
+
+def postgres_uri(user: str, password: str, host: str, port: int, dbname: str,
+                 driver: str = "postgresql+psycopg2") -> str:
+    """A PostgreSQL URI with user and password URL-encoded (``@#/:%`` and friends are safe)."""
+    return f"{driver}://{quote(user, safe='')}:{quote(password, safe='')}@{host}:{port}/{quote(dbname, safe='')}"
 
 
 def project_home() -> Path:

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +43,11 @@ log = logging.getLogger(__name__)
 
 COMPONENTS = ("postgres", "s3", "mlflow", "serving")
 STARTUP_PHASES = (("postgres", "s3"), ("mlflow", "serving"))
-DEFAULT_PORTS = {"postgres": 55432, "s3": 59000, "mlflow": 55000, "serving": 55001}
+# Below Linux's ephemeral range (32768-60999 by default): an outgoing connection never holds one.
+DEFAULT_PORTS = {"postgres": 25432, "s3": 29000, "mlflow": 25000, "serving": 25001}
+# Modules each component needs beyond the base install, and what installs them.
+REQUIREMENTS = {"s3": ("moto", "flask", "flask_cors", "werkzeug")}
+STACK_INSTALL = "pip install 'ml-devops-app[stack]' (or `make install`)"
 PORT_ENV = {
     "postgres": "MLOPS_STACK_PG_PORT",
     "s3": "MLOPS_STACK_S3_PORT",
@@ -295,7 +299,8 @@ def tracking_uri(ports: dict[str, int]) -> str:
 
 
 def backend_store_uri(ports: dict[str, int], secrets: dict) -> str:
-    return f"postgresql+psycopg2://{DB_USER}:{secrets['db_password']}@{HOST}:{ports['postgres']}/{DB_NAME}"
+    """The tracking server's database URI, the password URL-encoded (it may hold ``@#/:``)."""
+    return config.postgres_uri(DB_USER, secrets["db_password"], HOST, ports["postgres"], DB_NAME)
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -649,8 +654,69 @@ def _ensure_serving_user(port: int, admin: tuple[str, str], password: str) -> No
         raise StackError(f"mlflow: could not set up the `{SERVING_USER}` user: HTTP {r.status_code} {r.text[:200]}")
 
 
+def check_requirements(names: Iterable[str]) -> None:
+    """StackError in one line if a module a component needs is not installed."""
+    import importlib.util
+
+    for name in names:
+        for module in REQUIREMENTS.get(name, ()):
+            try:
+                found = importlib.util.find_spec(module) is not None
+            except (ImportError, ValueError):
+                found = False
+            if not found:
+                raise StackError(f"the stack's {name} component needs the Python module `{module}`, which is "
+                                 f"not installed: {STACK_INSTALL}")
+
+
+def _port_owner(port: int) -> str | None:
+    """Which process listens on ``port`` ("pid 123 (postgres)"), from /proc/net/tcp* and /proc/*/fd."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    if not inodes:
+        return None
+    wanted = {f"socket:[{i}]" for i in inodes}
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            for fd in (proc / "fd").iterdir():
+                if os.readlink(fd) in wanted:
+                    comm = (proc / "comm").read_text().strip()
+                    return f"pid {proc.name} ({comm})"
+        except OSError:
+            continue
+    return None
+
+
+def check_ports(ports: dict[str, int], names: Iterable[str]) -> None:
+    """StackError in one line naming the first port of ``names`` that is taken (and by what)."""
+    for name in names:
+        port = ports[name]
+        taken = _port_in_use(port)
+        if not taken:
+            with socket.socket() as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+                try:
+                    sock.bind((HOST, port))
+                except OSError:
+                    taken = True
+        if taken:
+            owner = _port_owner(port)
+            by = f" by {owner}" if owner else ""
+            raise StackError(f"port {port} for {name} is taken{by}: free it or choose another "
+                             f"({PORT_ENV[name]}=PORT, or 0 for any free port)")
+
+
 def up(s: Settings) -> Running:
     """Start what is not running yet, in order; on a failure stop what this call started."""
+    check_requirements(n for n in COMPONENTS if n != "serving" or s.serving)
     if s.auth and not _admin_auth():
         raise StackError("--auth needs MLFLOW_AUTH_ADMIN_PASSWORD in the environment (there is no default password)")
     s.stack_dir.mkdir(parents=True, exist_ok=True)
@@ -665,6 +731,7 @@ def up(s: Settings) -> Running:
             s.ports = {**s.ports, **state["ports"]}
         secrets = _ensure_secrets(s.stack_dir)
         wanted = [n for n in COMPONENTS if n != "serving" or s.serving]
+        check_ports(s.ports, [n for n in wanted if n not in running])
         stack_id = uuid.uuid4().hex[:12]
         state = {"version": 1, "ports": s.ports, "auth": s.auth, "bucket": s.bucket, "serving": s.serving,
                  "components": dict(running)}

@@ -145,7 +145,7 @@ def test_mlflow_image_pins_match_pyproject():
     pins = {re.split(r"[\[=]", d)[0].lower(): d for d in deps}
     text = (ROOT / "docker" / "mlflow.Dockerfile").read_text()
     installed = re.findall(r'"([A-Za-z0-9_.\-]+(?:\[[^\]]+\])?==[^"]+)"', text)
-    assert {re.split(r"[\[=]", d)[0].lower() for d in installed} == {"mlflow", "psycopg2-binary", "boto3"}
+    assert {re.split(r"[\[=]", d)[0].lower() for d in installed} == {"mlflow", "psycopg2-binary", "psycopg", "boto3"}
     for item in installed:
         assert item == pins[re.split(r"[\[=]", item)[0].lower()], f"{item} differs from pyproject.toml"
     base = re.search(r"^FROM python:(\d+\.\d+\.\d+)", text, re.M).group(1)
