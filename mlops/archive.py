@@ -5,6 +5,13 @@ only regular files (and plain directories) with relative, normalised names that 
 are accepted; links, device files, absolute paths, ``..``, duplicates, extra or missing files and
 checksum mismatches are refused. Extraction happens only into a fresh temporary folder, with
 ``tarfile``'s ``data`` filter on top of these checks, and every file is hashed again afterwards.
+
+Sizes and counts are bounded before anything is unpacked (:class:`Limits`, overridable through
+``MLOPS_ARCHIVE_*`` environment variables): files listed, total and per-file bytes, the ratio of
+unpacked bytes to the archive's size, directory entries (only parents of listed files, once each),
+and deleted version numbers to recreate per model. ``registry.json`` is checked too
+(:func:`check_registry`): every id and key that becomes part of a path must match a strict
+pattern, and every version's model files must be in the manifest.
 """
 
 from __future__ import annotations
@@ -22,7 +29,8 @@ import tarfile
 import tempfile
 import time
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from mlops.registry import RegistryError
@@ -36,10 +44,189 @@ MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_NAME_CHARS = 1024
 _CHUNK = 1024 * 1024
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+REGISTRY_NAME = "registry.json"
+# Ids and keys that become part of a path inside the extracted archive.
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+MODEL_ID = re.compile(r"^m-[0-9a-f]{1,64}$")
+SOURCE_KEY = re.compile(r"^[0-9a-f]{16}$")
+EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+GiB = 1024**3
 
 
 class ArchiveError(RegistryError):
     """The archive is missing, damaged, tampered with or unsafe; the message says which."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on what an archive may unpack; the defaults fit any real registry backup.
+
+    ``max_ratio`` applies once the listed bytes exceed ``ratio_floor_bytes``: an archive may
+    unpack to at most that many times its own size (model files compress 2-10x).
+    """
+
+    max_files: int = 1_000_000
+    max_bytes: int = 512 * GiB
+    max_ratio: float = 200.0
+    ratio_floor_bytes: int = GiB
+    max_deleted_versions: int = 10_000
+
+    @classmethod
+    def from_env(cls) -> Limits:
+        """Defaults, overridden by ``MLOPS_ARCHIVE_MAX_FILES``, ``MLOPS_ARCHIVE_MAX_BYTES``,
+        ``MLOPS_ARCHIVE_MAX_RATIO``, ``MLOPS_ARCHIVE_RATIO_FLOOR_BYTES``,
+        ``MLOPS_ARCHIVE_MAX_DELETED_VERSIONS``."""
+        values = {}
+        for f in fields(cls):
+            raw = os.environ.get(f"MLOPS_ARCHIVE_{f.name.upper()}")
+            if raw is None or not raw.strip():
+                continue
+            try:
+                values[f.name] = float(raw) if f.name == "max_ratio" else int(raw)
+            except ValueError:
+                raise ArchiveError(f"MLOPS_ARCHIVE_{f.name.upper()} must be a number, not {raw!r}") from None
+        return cls(**values)
+
+
+def _check_bounds(path: Path, files: dict, limits: Limits) -> None:
+    """Refuse a manifest that lists more than the limits allow, before anything is unpacked."""
+    if len(files) > limits.max_files:
+        raise ArchiveError(
+            f"{path}: the manifest lists {len(files)} files, more than the limit of {limits.max_files} "
+            "(MLOPS_ARCHIVE_MAX_FILES)"
+        )
+    total = sum(meta["size"] for meta in files.values())
+    if total > limits.max_bytes:
+        raise ArchiveError(
+            f"{path}: the manifest lists {total} bytes, more than the limit of {limits.max_bytes} "
+            "(MLOPS_ARCHIVE_MAX_BYTES)"
+        )
+    packed = max(1, path.stat().st_size)
+    if total > limits.ratio_floor_bytes and total > limits.max_ratio * packed:
+        raise ArchiveError(
+            f"{path}: the manifest lists {total} bytes from a {packed}-byte archive, more than "
+            f"{limits.max_ratio:g} times its size (MLOPS_ARCHIVE_MAX_RATIO); refused as a decompression bomb"
+        )
+
+
+def _parents(files: dict) -> set[str]:
+    """Every folder that holds a listed file."""
+    out: set[str] = set()
+    for name in files:
+        parts = name.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            out.add("/".join(parts[:i]))
+    return out
+
+
+def model_dir(v: dict) -> str:
+    """The folder inside the archive that holds a version's model files (``MLmodel`` on top)."""
+    src = v["source_info"]
+    if src["kind"] == "logged_model":
+        return f"logged_models/{src['model_id']}/artifacts"
+    if src["kind"] == "run":
+        base = f"runs/{v['run_id']}/artifacts"
+        return f"{base}/{src['path']}" if src.get("path") else base
+    return f"sources/{src['key']}/artifacts"
+
+
+def legacy_source_dir(files: Iterable[str], base: str) -> str | None:
+    """``base/<one folder>`` when an older backup put a plain-path source one folder too deep."""
+    tops = {n[len(base) + 1:].split("/", 1)[0] for n in files if n.startswith(base + "/")}
+    if len(tops) == 1:
+        sub = f"{base}/{tops.pop()}"
+        return sub
+    return None
+
+
+def _ident(pattern: re.Pattern, value: object, what: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise ArchiveError(f"registry.json: {what} {str(value)[:80]!r} is not a valid id; refused as forged or damaged")
+    return value
+
+
+def check_registry(reg: object, files: dict, limits: Limits | None = None) -> None:
+    """Refuse a ``registry.json`` whose ids or keys are not safe path parts, whose versions'
+    model files are not all in the manifest, or whose version counters exceed the limits."""
+    limits = limits or Limits.from_env()
+    if not isinstance(reg, dict) or not isinstance(reg.get("models"), list):
+        raise ArchiveError("registry.json has no list of models")
+    experiments = reg.get("experiments", {})
+    if not isinstance(experiments, dict):
+        raise ArchiveError("registry.json: 'experiments' is not a table")
+    for eid in experiments:
+        _ident(EXPERIMENT_ID, eid, "experiment id")
+    names = set()
+    for m in reg["models"]:
+        if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not m["name"]:
+            raise ArchiveError("registry.json: a model has no name")
+        name = m["name"]
+        if name in names:
+            raise ArchiveError(f"registry.json: model {name!r} appears twice")
+        names.add(name)
+        versions = m.get("versions")
+        top = m.get("max_version")
+        if not isinstance(versions, list) or not isinstance(top, int) or isinstance(top, bool):
+            raise ArchiveError(f"registry.json: model {name!r} needs a list of versions and an integer max_version")
+        numbers = set()
+        for v in versions:
+            n = v.get("version") if isinstance(v, dict) else None
+            if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= top or n in numbers:
+                raise ArchiveError(f"registry.json: model {name!r} has a version numbered {n!r} (1..{top}, once each)")
+            numbers.add(n)
+            _check_version(name, v, files)
+        deleted = top - len(numbers)
+        if deleted > limits.max_deleted_versions:
+            raise ArchiveError(
+                f"registry.json: model {name!r} would need {deleted} deleted version numbers recreated "
+                f"(max_version {top}, {len(numbers)} versions), more than the limit of "
+                f"{limits.max_deleted_versions} (MLOPS_ARCHIVE_MAX_DELETED_VERSIONS)"
+            )
+        listed = m.get("deleted_versions")
+        if listed is not None and listed != [n for n in range(1, top + 1) if n not in numbers]:
+            raise ArchiveError(f"registry.json: model {name!r}: deleted_versions does not match its versions")
+        for alias, ver in (m.get("aliases") or {}).items():
+            if str(ver) not in {str(n) for n in numbers}:
+                raise ArchiveError(f"registry.json: model {name!r}: alias {alias!r} points at v{ver}, not in the archive")
+
+
+def _check_version(name: str, v: dict, files: dict) -> None:
+    label = f"{name} v{v['version']}"
+    src = v.get("source_info")
+    if not isinstance(src, dict):
+        raise ArchiveError(f"registry.json: {label} has no source_info")
+    if v.get("run_id") is not None:
+        _ident(RUN_ID, v["run_id"], f"{label}: run id")
+        if f"runs/{v['run_id']}/run.json" not in files:
+            raise ArchiveError(f"{label}: its run {v['run_id']} is not in the archive")
+    kind = src.get("kind")
+    if kind == "logged_model":
+        mid = _ident(MODEL_ID, src.get("model_id"), f"{label}: logged model id")
+        if f"logged_models/{mid}/logged_model.json" not in files:
+            raise ArchiveError(f"{label}: its logged model {mid} is not in the archive")
+    elif kind == "run":
+        path = src.get("path")
+        if v.get("run_id") is None or not isinstance(path, str) or (path and not safe_name(path)):
+            raise ArchiveError(f"registry.json: {label}: run artifact path {str(path)[:80]!r} is unsafe or has no run")
+    elif kind == "files":
+        _ident(SOURCE_KEY, src.get("key"), f"{label}: source key")
+    else:
+        raise ArchiveError(f"registry.json: {label}: unknown source kind {str(kind)[:40]!r}")
+    base = model_dir(v)
+    expected = v.get("model_files")
+    if expected is not None and not isinstance(expected, dict):
+        raise ArchiveError(f"registry.json: {label}: model_files is not a table")
+    for rel, digest in (expected or {}).items():
+        meta = files.get(f"{base}/{rel}") if isinstance(rel, str) and safe_name(rel) else None
+        if meta is None or meta["sha256"] != digest:
+            raise ArchiveError(f"{label}: model file {rel!r} is missing from the archive or differs from the backup")
+    if expected == {}:
+        return  # the source version had no files; backup said so
+    if f"{base}/MLmodel" in files:
+        return
+    legacy = legacy_source_dir(files, base) if kind == "files" else None
+    if legacy is None or f"{legacy}/MLmodel" not in files:
+        raise ArchiveError(f"{label}: its model files (MLmodel under {base}) are missing from the archive")
 
 
 def sha256_file(path: Path) -> str:
@@ -123,13 +310,17 @@ def _check_path(path: Path) -> Path:
     return path
 
 
-def verify_archive(path: Path, on_file: Callable[[str], None] | None = None) -> dict:
-    """Check every member of the archive against its manifest without writing anything.
+def verify_archive(path: Path, on_file: Callable[[str], None] | None = None, limits: Limits | None = None) -> dict:
+    """Check every member of the archive against its manifest, the limits and ``registry.json``
+    without writing anything.
 
     Returns the manifest. Raises ArchiveError naming the first problem found.
     """
     path = _check_path(path)
+    limits = limits or Limits.from_env()
     seen: set[str] = set()
+    dirs_seen: set[str] = set()
+    registry_raw = None
     try:
         with tarfile.open(path, mode="r|gz") as tar:
             first = tar.next()
@@ -139,11 +330,19 @@ def verify_archive(path: Path, on_file: Callable[[str], None] | None = None) -> 
                 raise ArchiveError(f"{path}: {MANIFEST_NAME} is not a regular file of sane size")
             manifest = _parse_manifest(tar.extractfile(first).read())
             files = manifest["files"]
-            for member in tar:
-                if member is first:
-                    continue
+            _check_bounds(path, files, limits)
+            if REGISTRY_NAME not in files:
+                raise ArchiveError(f"{path}: the manifest does not list {REGISTRY_NAME}")
+            parents = _parents(files)
+            while (member := tar.next()) is not None:
+                tar.members.clear()  # stream mode would keep every header in memory
                 _check_member(member, files)
                 if member.isdir():
+                    d = member.name.rstrip("/")
+                    if d not in parents or d in dirs_seen:
+                        raise ArchiveError(
+                            f"archive member {member.name!r} is a directory that holds no listed file or appears twice")
+                    dirs_seen.add(d)
                     continue
                 if member.name in seen:
                     raise ArchiveError(f"archive member {member.name!r} appears twice")
@@ -151,11 +350,17 @@ def verify_archive(path: Path, on_file: Callable[[str], None] | None = None) -> 
                 h = hashlib.sha256()
                 stream = tar.extractfile(member)
                 n = 0
+                keep = member.name == REGISTRY_NAME
+                chunks = []
                 while chunk := stream.read(_CHUNK):
                     h.update(chunk)
                     n += len(chunk)
+                    if keep:
+                        chunks.append(chunk)
                 if n != files[member.name]["size"] or h.hexdigest() != files[member.name]["sha256"]:
                     raise ArchiveError(f"checksum mismatch for {member.name!r}: the archive was modified or damaged")
+                if keep:
+                    registry_raw = b"".join(chunks)
                 if on_file:
                     on_file(member.name)
     except ArchiveError:
@@ -165,19 +370,28 @@ def verify_archive(path: Path, on_file: Callable[[str], None] | None = None) -> 
     missing = sorted(set(files) - seen)
     if missing:
         raise ArchiveError(f"{len(missing)} file(s) listed in the manifest are missing from the archive, e.g. {missing[0]!r}")
+    try:
+        reg = json.loads(registry_raw)
+    except (TypeError, ValueError) as exc:
+        raise ArchiveError(f"{REGISTRY_NAME} is not valid JSON: {exc}") from None
+    check_registry(reg, files, limits)
     return manifest
 
 
-def extract_archive(path: Path, parent: Path | None = None) -> tuple[Path, dict]:
+def extract_archive(path: Path, parent: Path | None = None, limits: Limits | None = None) -> tuple[Path, dict]:
     """Verify, then extract into a fresh temporary folder; returns (folder, manifest).
 
     The caller owns the folder (remove it with ``shutil.rmtree``). On any problem the folder is
-    removed and ArchiveError raised.
+    removed and ArchiveError raised. Refused when the temp folder's disk has no room for it.
     """
-    manifest = verify_archive(path)
+    manifest = verify_archive(path, limits=limits)
     files = manifest["files"]
     dest = Path(tempfile.mkdtemp(prefix="mlops-restore-", dir=parent))
     try:
+        need = sum(meta["size"] for meta in files.values())
+        free = shutil.disk_usage(dest).free
+        if need > free:
+            raise ArchiveError(f"{path}: unpacking needs {need} bytes, {free} are free under {dest.parent}")
         try:
             with tarfile.open(path, mode="r:gz") as tar:
                 members = []
@@ -244,7 +458,7 @@ def write_archive(
     manifest = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION, "files": files}
     raw_manifest = json.dumps(manifest, indent=1, sort_keys=True).encode()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent)
     now = time.time()
     try:
         with os.fdopen(fd, "wb") as raw:

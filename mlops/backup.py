@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -40,6 +41,10 @@ SQL_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql", "mssql")
 LOGGED_MODEL_SOURCE = re.compile(r"^models:/(m-[0-9a-f]+)/?$")
 PROMPT_TAG = "mlflow.prompt.is_prompt"
 QUIET_RUN_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
+STAGING_PREFIX = ".mlops-backup-"
+STAGING_NAME = re.compile(r"^\.mlops-backup-(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+$")
+PARTIAL_NAME = re.compile(r"^\..+?(?:\.(?P<pid>\d+))?\.[A-Za-z0-9_]+\.partial$")
+STALE_HOURS = 24.0
 
 
 class BackupError(registry.RegistryError):
@@ -82,6 +87,84 @@ def redact_uri(uri: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_hours() -> float:
+    """Age after which an earlier backup's leftovers are removed whoever owns them
+    (``MLOPS_BACKUP_STALE_HOURS``, default 24)."""
+    try:
+        return float(os.environ.get("MLOPS_BACKUP_STALE_HOURS", STALE_HOURS))
+    except ValueError:
+        return STALE_HOURS
+
+
+def clean_stale(folder: Path, max_age_hours: float | None = None) -> list[Path]:
+    """Remove staging folders and ``.partial`` files that earlier, interrupted backups left in
+    ``folder``: those whose process is gone, and any older than ``max_age_hours`` (also those
+    of versions that did not name their process). Each removal is logged; returns them."""
+    max_age = (stale_hours() if max_age_hours is None else max_age_hours) * 3600
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for e in entries:
+        m = STAGING_NAME.match(e.name) if e.is_dir(follow_symlinks=False) else None
+        if m is None and e.is_file(follow_symlinks=False):
+            m = PARTIAL_NAME.match(e.name)
+        if m is None:
+            continue
+        try:
+            age = now - e.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        pid = int(m.group("pid")) if m.group("pid") else None
+        if age <= max_age and (pid is None or pid == os.getpid() or _pid_alive(pid)):
+            continue
+        why = f"its backup process {pid} is gone" if pid and age <= max_age else f"{age / 3600:.1f} h old"
+        try:
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path)
+            else:
+                os.unlink(e.path)
+        except OSError as exc:
+            log.warning("cannot remove leftover %s of an earlier backup: %s", e.path, exc)
+            continue
+        log.warning("removed leftover %s of an interrupted backup (%s)", e.path, why)
+        removed.append(Path(e.path))
+    return removed
+
+
+@contextlib.contextmanager
+def interrupt_on_signals():
+    """SIGTERM and SIGHUP raise KeyboardInterrupt in the main thread, so the backup's cleanup
+    (staging folder, ``.partial`` file) runs as it does on Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, _frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    saved = {}
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        saved[sig] = signal.signal(sig, _raise)
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
 def _is_sql(uri: str | None) -> bool:
     return bool(uri) and uri.split(":", 1)[0].split("+", 1)[0].lower() in SQL_SCHEMES
 
@@ -107,8 +190,19 @@ def db_max_versions(backend_uri: str | None) -> dict[str, int] | None:
     return {str(name): int(v) for name, v in rows if v is not None}
 
 
+def version_filter(name: str) -> str:
+    """A ``search_model_versions`` filter matching ``name`` (with ``LIKE`` possibly more: keep the
+    exact matches). MLflow's filter strings have no escape: a name holding both quote characters
+    or a backslash is matched with ``_`` in their place."""
+    if "\\" not in name and "'" not in name:
+        return f"name = '{name}'"
+    if "\\" not in name and '"' not in name:
+        return f'name = "{name}"'
+    return "name LIKE '" + re.sub(r"['\"\\]", "_", name) + "'"
+
+
 def _search_versions(client: MlflowClient, name: str) -> list:
-    quoted = f"name = '{name}'" if "'" not in name else f'name = "{name}"'
+    quoted = version_filter(name)
     out, token = [], None
     while True:
         page = client.search_model_versions(quoted, max_results=10000, page_token=token)
@@ -340,8 +434,22 @@ def _export_logged_model(client: MlflowClient, lm, dest: Path, direct: DirectSto
 
 
 def _export_source(client: MlflowClient, source: str, dest: Path) -> dict:
+    """A plain-path or ``models:/`` source: its files directly under ``dest/artifacts``.
+
+    MLflow's ``download_artifacts`` puts a folder named by a path *inside* the destination
+    (``dst/plain_model/MLmodel``), a ``models:/`` URI's files directly into it: the folder it
+    returns becomes ``artifacts``.
+    """
     dest.mkdir(parents=True, exist_ok=True)
-    mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dest / "artifacts"))
+    tmp = dest / "download"
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(tmp)))
+    target = dest / "artifacts"
+    if local.is_dir():
+        os.replace(local, target)
+    else:
+        target.mkdir()
+        os.replace(local, target / local.name)
+    shutil.rmtree(tmp, ignore_errors=True)
     record = {"source": source}
     _write_json(dest / "source.json", record)
     return record
@@ -418,7 +526,7 @@ def backup(
     ``artifacts_destination`` (the server's ``--artifacts-destination``) reads proxied artifacts
     from that store directly (see :mod:`mlops.artifacts`).
     """
-    with tracking_uri_set(client.tracking_uri):
+    with tracking_uri_set(client.tracking_uri), interrupt_on_signals():
         try:
             return _backup(client, out, models, backend_store_uri, artifacts_destination, workers, on_progress)
         except ArtifactStoreError as exc:
@@ -495,12 +603,18 @@ def _backup(client, out, models, backend_store_uri, artifacts_destination, worke
 
     parent = out.parent
     parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".mlops-backup-", dir=parent))
+    clean_stale(parent)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{os.getpid()}-", dir=parent))
     try:
         runs, lms = _collect(client, staging, runs, histories, lm_objs, sources, workers, on_progress, direct)
+        hashed: dict[Path, dict[str, str]] = {}
         for rec in model_records:
             for v in rec["versions"]:
                 v["signature"] = _signature(_model_dir(staging, v))
+                v["model_files"] = _model_files(staging, v, hashed)
+                if "MLmodel" not in v["model_files"]:
+                    warnings_.append(f"{rec['name']} v{v['version']}: its source {v['source']} holds no MLmodel; "
+                                     "it cannot be loaded here nor after a restore")
         experiments = _experiments(client, {r["experiment_id"] for r in runs.values()} | {
             lm["experiment_id"] for lm in lms.values()})
         meta = {
@@ -531,12 +645,18 @@ def _backup(client, out, models, backend_store_uri, artifacts_destination, worke
 
 
 def _model_dir(staging: Path, v: dict) -> Path:
-    src = v["source_info"]
-    if src["kind"] == "logged_model":
-        return staging / "logged_models" / src["model_id"] / "artifacts"
-    if src["kind"] == "run":
-        return staging / "runs" / v["run_id"] / "artifacts" / src["path"]
-    return staging / "sources" / src.get("key", "-") / "artifacts"
+    return staging / archive.model_dir(v)
+
+
+def _model_files(staging: Path, v: dict, cache: dict[Path, dict[str, str]]) -> dict[str, str]:
+    """sha256 of every file of a version's model, by path inside its model folder."""
+    d = _model_dir(staging, v)
+    if d not in cache:
+        cache[d] = {
+            Path(root, n).relative_to(d).as_posix(): archive.sha256_file(Path(root, n))
+            for root, _dirs, names in os.walk(d) for n in names
+        }
+    return cache[d]
 
 
 def _select(client: MlflowClient, models: list[str] | None) -> list[str]:

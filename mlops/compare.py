@@ -17,6 +17,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from mlops import registry
+from mlops.backup import version_filter
 
 IGNORED_TAG_PREFIXES = ("mlops.restore.",)
 IGNORED_TAGS = ("mlflow.modelVersions",)
@@ -96,7 +97,8 @@ def snapshot(tracking_uri: str, names: list[str] | None = None, artifacts: bool 
         models = [registry.get_model(client, n) for n in names] if names else list(registry._all_models(client))
         out = {}
         for rm in sorted(models, key=lambda m: m.name):
-            found = {int(mv.version): mv for mv in client.search_model_versions(f"name = '{rm.name}'")}
+            found = {int(mv.version): mv for mv in client.search_model_versions(version_filter(rm.name))
+                     if mv.name == rm.name}
             top = max(found, default=0)
             out[rm.name] = {
                 "description": rm.description or "",

@@ -5,13 +5,21 @@ Order: verify and extract the archive → check the target (``--if-exists``) →
 models, versions of one model strictly in order, deleted numbers recreated as placeholder
 versions that are deleted again) → aliases → runs that were deleted in the source are deleted.
 
-Idempotent: a restored run carries ``mlops.restore.source_run_id`` (valued ``partial:<id>`` until
-its last call has gone through), a restored logged model ``mlops.restore.source_model_id`` (READY
-once its files are uploaded), and a registered model ``mlops.restore.in_progress`` until its
-versions, stages and aliases are all in place, then ``mlops.restore.backup_id``. Re-running the same
-restore skips models already restored from this archive, reuses complete runs and logged models,
-discards partial ones, and rebuilds a half-restored registered model from scratch (the only way to
-reproduce its version counter exactly). Comparisons should ignore the ``mlops.restore.*`` tags.
+Resumable: while a restore through the API is unfinished, a restored run carries
+``mlops.restore.source_run_id`` (valued ``partial:<id>`` until its last call has gone through), a
+restored logged model ``mlops.restore.source_model_id`` (READY once its files are uploaded), and a
+registered model ``mlops.restore.in_progress`` until its versions, stages and aliases are all in
+place, then ``mlops.restore.backup_id``. Re-running the same restore skips models already restored
+from this archive, reuses complete runs and logged models, discards partial ones, and rebuilds a
+half-restored registered model from scratch (the only way to reproduce its version counter
+exactly). Once a restore completes without a problem these provenance tags are removed: the
+restored registry has exactly the tags the source had (and a second run of the same restore finds
+the models already in the target). The database path writes everything in one transaction and
+never adds them.
+
+The archive is treated as hostile: it is verified (:func:`mlops.archive.verify_archive`: checksums,
+limits, ids and keys that become paths, every version's model files) before anything is read, and
+every run and logged-model record is checked again when it is read.
 """
 
 from __future__ import annotations
@@ -135,6 +143,10 @@ class _Restorer:
         self.versions_made: dict[str, list[tuple[str, int]]] = {}
         self.fresh_lms: set[str] = set()
         self.direct: DirectStore | None = None
+        # What carries a provenance tag (resume state), to be removed once the restore completes.
+        self.tagged_runs: set[str] = set()
+        self.tagged_lms: set[str] = set()
+        self.tagged_models: set[str] = set()
 
     # ---- helpers -------------------------------------------------------------------------
     def tick(self, label: str, n: int = 1) -> None:
@@ -143,10 +155,38 @@ class _Restorer:
             self.on_progress(self.done, self.total, label)
 
     def run_record(self, run_id: str) -> dict:
-        return json.loads((self.folder / "runs" / run_id / "run.json").read_text())
+        """``runs/<run_id>/run.json``, refused unless its ids are safe and its own."""
+        _safe_id(archive.RUN_ID, run_id, "run id")
+        rec = _read_json(self.folder / "runs" / run_id / "run.json")
+        if rec.get("run_id") != run_id:
+            raise RestoreError(f"archive: runs/{run_id}/run.json names another run; refused as forged or damaged")
+        _safe_id(archive.EXPERIMENT_ID, rec.get("experiment_id"), f"run {run_id}: experiment id")
+        if rec["experiment_id"] not in self.reg.get("experiments", {}):
+            raise RestoreError(f"archive: run {run_id} names experiment {rec['experiment_id']}, which it does not hold")
+        return rec
 
     def lm_record(self, model_id: str) -> dict:
-        return json.loads((self.folder / "logged_models" / model_id / "logged_model.json").read_text())
+        """``logged_models/<model_id>/logged_model.json``, refused unless its ids are safe and its own."""
+        _safe_id(archive.MODEL_ID, model_id, "logged model id")
+        rec = _read_json(self.folder / "logged_models" / model_id / "logged_model.json")
+        if rec.get("model_id") != model_id:
+            raise RestoreError(f"archive: logged model {model_id} names another id; refused as forged or damaged")
+        if rec.get("source_run_id") is not None:
+            _safe_id(archive.RUN_ID, rec["source_run_id"], f"logged model {model_id}: source run id")
+        _safe_id(archive.EXPERIMENT_ID, rec.get("experiment_id"), f"logged model {model_id}: experiment id")
+        if rec["experiment_id"] not in self.reg.get("experiments", {}):
+            raise RestoreError(f"archive: logged model {model_id} names an experiment it does not hold")
+        return rec
+
+    def source_dir(self, key: str) -> Path:
+        """The files of a plain-path source (older backups put them one folder too deep)."""
+        _safe_id(archive.SOURCE_KEY, key, "source key")
+        base = self.folder / "sources" / key / "artifacts"
+        if not (base / "MLmodel").is_file() and base.is_dir():
+            subs = list(base.iterdir())
+            if len(subs) == 1 and (subs[0] / "MLmodel").is_file():
+                return subs[0]
+        return base
 
     def log_datasets(self, exp_id: str, run_id: str, datasets: list) -> None:
         """log_inputs, serialising the first use of each dataset in an experiment.
@@ -242,9 +282,12 @@ class _Restorer:
         for r in runs:
             src = r.data.tags.get(PROV_RUN) or ""
             if src.startswith(PARTIAL_PREFIX):
-                if r.info.lifecycle_stage == "active":
-                    log.info("discarding partially restored run %s (source %s)", r.info.run_id, src)
-                    self.client.delete_run(r.info.run_id)
+                # Discarded: deleted, and without the tag (a deleted run's tags cannot be changed).
+                log.info("discarding partially restored run %s (source %s)", r.info.run_id, src)
+                if r.info.lifecycle_stage != "active":
+                    self.client.restore_run(r.info.run_id)
+                self.client.delete_tag(r.info.run_id, PROV_RUN)
+                self.client.delete_run(r.info.run_id)
                 continue
             found.setdefault(src, r)
         return found
@@ -278,6 +321,7 @@ class _Restorer:
                 todo.append(rid)
                 continue
             self.run_map[rid], self.run_uri[rid] = prior.info.run_id, prior.info.artifact_uri
+            self.tagged_runs.add(prior.info.run_id)
             result.runs_reused += 1
             self.tick(f"run {rid} (already restored)")
         return todo
@@ -291,6 +335,8 @@ class _Restorer:
             tags["mlflow.user"] = user
         run = c.create_run(exp_id, start_time=rec["start_time"], tags=tags, run_name=rec.get("run_name"))
         rid = run.info.run_id
+        with self.dataset_lock:
+            self.tagged_runs.add(rid)
         params = [Param(k, str(v)) for k, v in rec["params"].items()]
         rtags = [
             RunTag(k, v) for k, v in rec["tags"].items()
@@ -337,6 +383,8 @@ class _Restorer:
             exp_id, name=rec["name"], source_run_id=source_run, tags=tags,
             params=rec["params"] or None, model_type=rec.get("model_type") or None,
         )
+        with self.dataset_lock:
+            self.tagged_lms.add(lm.model_id)
         self.upload(lm.artifact_location, self.folder / "logged_models" / rec["model_id"] / "artifacts")
         by_run: dict[str, list] = {}
         for m in rec.get("metrics", []):
@@ -388,14 +436,20 @@ class _Restorer:
             self.client.set_logged_model_tags(model_id, {MODEL_VERSIONS_TAG: want})
 
     def put_right(self, lm_recs: dict, model_ids: list[str], run_ids: set[str]) -> None:
-        """Last steps: the logged models' mlflow.modelVersions tag as in the source, and runs
-        deleted in the source deleted again (once everything refers to them). Failures are collected."""
+        """Last steps: the logged models' mlflow.modelVersions tag as in the source; then, if
+        nothing failed, the provenance tags removed and runs deleted in the source deleted again
+        (once everything refers to them). Failures are collected."""
         for mid in model_ids:
             new_id = self.lm_map[mid]
             try:
                 self.fix_model_versions_tag(lm_recs[mid], new_id, new_id in self.fresh_lms)
             except MlflowException as exc:
                 self.failures.append(f"logged model {mid}: cannot reset {MODEL_VERSIONS_TAG}: {_msg(exc)}")
+        if self.failures:
+            return  # keep the resume state: the next run of the same restore finishes the job
+        self.remove_provenance()
+        if self.failures:
+            return
         for rid in sorted(run_ids):
             if rid in self.run_map and self.run_record(rid).get("lifecycle_stage") == "deleted":
                 try:
@@ -403,6 +457,28 @@ class _Restorer:
                         self.client.delete_run(self.run_map[rid])
                 except MlflowException as exc:
                     self.failures.append(f"run {rid}: cannot mark deleted: {_msg(exc)}")
+
+    def remove_provenance(self) -> None:
+        """Delete every ``mlops.restore.*`` tag this restore (or an interrupted earlier run of it)
+        left on runs, logged models and registered models."""
+        c = self.client
+        jobs = ([(c.delete_tag, rid, PROV_RUN, f"run {rid}") for rid in sorted(self.tagged_runs)]
+                + [(c.delete_logged_model_tag, mid, PROV_MODEL, f"logged model {mid}") for mid in sorted(self.tagged_lms)]
+                + [(c.delete_registered_model_tag, n, DONE_TAG, f"model {n}") for n in sorted(self.tagged_models)])
+
+        def drop(job) -> None:
+            fn, ident, key, _label = job
+            try:
+                fn(ident, key)
+            except MlflowException as exc:
+                if not _not_found(exc) and "no tag" not in str(exc).lower():
+                    raise
+
+        for job, _out, err in _parallel(self, jobs, drop, "provenance tag", tick=False):
+            if err:
+                self.failures.append(f"{job[3]}: cannot remove the {job[2]} tag: {err}")
+        log.info("removed the restore's provenance tags (%d runs, %d logged models, %d models)",
+                 len(self.tagged_runs), len(self.tagged_lms), len(self.tagged_models))
 
     def restore_source(self, key: str, version: dict, exp_src_id: str | None) -> str:
         """A version whose source was a plain path becomes a logged model with the same files."""
@@ -412,7 +488,9 @@ class _Restorer:
             exp_id, name="model", source_run_id=self.run_map.get(version.get("run_id") or ""),
             tags={PROV_MODEL: f"source:{key}"},
         )
-        self.upload(lm.artifact_location, self.folder / "sources" / key / "artifacts")
+        with self.dataset_lock:
+            self.tagged_lms.add(lm.model_id)
+        self.upload(lm.artifact_location, self.source_dir(key))
         c.finalize_logged_model(lm.model_id, "READY")
         return lm.model_id
 
@@ -478,6 +556,8 @@ class _Restorer:
         if placeholder_lm:
             c.delete_logged_model(placeholder_lm)
         reg.set_registered_model_tag(name, DONE_TAG, self.backup_id)
+        with self.dataset_lock:
+            self.tagged_models.add(name)
         reg.delete_registered_model_tag(name, IN_PROGRESS_TAG)
         return placeholders
 
@@ -541,6 +621,7 @@ def restore(
     database: bool = True,
     workers: int = 8,
     on_progress: Progress | None = None,
+    limits: archive.Limits | None = None,
 ) -> RestoreResult:
     """Restore the selected (default: all) models of a backup archive into ``client``'s registry.
 
@@ -549,11 +630,12 @@ def restore(
     server's ``--artifacts-destination``) writes proxied artifacts into that store directly (see
     :mod:`mlops.artifacts`). A SQL store, or a server together with its database
     (``backend_store_uri``), is written row by row in one transaction (:mod:`mlops.restore_db`);
-    ``database=False`` goes through MLflow's API calls instead.
+    ``database=False`` goes through MLflow's API calls instead. ``limits`` bound what the
+    archive may unpack (default: :meth:`mlops.archive.Limits.from_env`).
     """
     if if_exists not in ("fail", "skip"):
         raise RestoreError(f"--if-exists must be fail or skip, not {if_exists!r}")
-    folder, manifest = archive.extract_archive(Path(archive_path))
+    folder, manifest = archive.extract_archive(Path(archive_path), limits=limits)
     try:
         with tracking_uri_set(client.tracking_uri):
             return _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_progress,
@@ -592,6 +674,7 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
     result.already = [n for n in wanted if states[n] == "done"]
 
     r = _Restorer(client, folder, reg, backup_id, workers, on_progress)
+    r.tagged_models.update(result.already)
     try:
         run_ids, lm_ids, source_keys = _dependencies(r, selected)
         exp_ids = {r.run_record(rid)["experiment_id"] for rid in run_ids}
@@ -636,6 +719,7 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
             src_run = lm_recs[mid].get("source_run_id")
             if prior is not None:
                 r.lm_map[mid] = prior.model_id
+                r.tagged_lms.add(prior.model_id)
                 result.logged_models_reused += 1
                 r.tick(f"logged model {mid} (already restored)")
             elif src_run in failed_deps:
@@ -659,6 +743,7 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
             prior = existing_lms.get(f"source:{key}")
             if prior is not None:
                 r.src_map[key] = prior.model_id
+                r.tagged_lms.add(prior.model_id)
                 r.tick(f"source {key} (already restored)")
             else:
                 todo.append(key)
@@ -770,7 +855,6 @@ def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[di
             if user:
                 tags.setdefault("mlflow.user", user)
             tags["mlflow.runName"] = rec.get("run_name") or tags.get("mlflow.runName") or _generate_random_name()
-            tags[PROV_RUN] = rid
             b.run({**rec, "user_id": rec.get("user_id") or user}, r.exp_map[rec["experiment_id"]], r.run_uri[rid],
                   r.run_map[rid], tags, deleted=rec.get("lifecycle_stage") == "deleted")
             uploads.append((r.run_uri[rid], r.folder / "runs" / rid / "artifacts", f"run {rid}"))
@@ -782,6 +866,7 @@ def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[di
             prior = existing_lms.get(mid)
             if prior is not None:
                 r.lm_map[mid], lm_location[prior.model_id] = prior.model_id, prior.artifact_location
+                r.tagged_lms.add(prior.model_id)
                 reused_lms.append(mid)
                 result.logged_models_reused += 1
                 r.tick(f"logged model {mid} (already restored)")
@@ -791,7 +876,6 @@ def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[di
             new = f"m-{uuid.uuid4().hex}"
             loc = append_to_uri_path(exp_location(eid), "models", new, "artifacts")
             tags = own_tags(rec["tags"])
-            tags[PROV_MODEL] = mid
             b.logged_model(
                 new, eid, rec["name"], loc, source_run_id=r.run_map.get(rec.get("source_run_id") or ""), tags=tags,
                 params=rec["params"], model_type=rec.get("model_type") or None,
@@ -809,6 +893,7 @@ def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[di
             prior = existing_lms.get(f"source:{key}")
             if prior is not None:
                 r.src_map[key], lm_location[prior.model_id] = prior.model_id, prior.artifact_location
+                r.tagged_lms.add(prior.model_id)
                 r.tick(f"source {key} (already restored)")
                 continue
             v = source_keys[key]
@@ -816,17 +901,15 @@ def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[di
             eid = r.exp_map.get(exp or "") or config.ensure_experiment(c, "Default")
             new = f"m-{uuid.uuid4().hex}"
             loc = append_to_uri_path(exp_location(eid), "models", new, "artifacts")
-            b.logged_model(new, eid, "model", loc, source_run_id=r.run_map.get(v.get("run_id") or ""),
-                           tags={PROV_MODEL: f"source:{key}"})
+            b.logged_model(new, eid, "model", loc, source_run_id=r.run_map.get(v.get("run_id") or ""), tags={})
             r.src_map[key], lm_location[new] = new, loc
-            uploads.append((loc, r.folder / "sources" / key / "artifacts", f"source {key}"))
+            uploads.append((loc, r.source_dir(key), f"source {key}"))
 
         def storage(args: dict) -> str:
             return lm_location[args["model_id"]] if args.get("model_id") else args["source"]
 
         for m in selected:
             tags = own_tags(m["tags"])
-            tags[DONE_TAG] = r.backup_id
             live, deleted = b.registered_model(m, tags, r.version_args, storage)
             result.models.append(m["name"])
             result.versions += live
@@ -848,6 +931,22 @@ def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[di
 
     # Logged models and runs an earlier (interrupted) restore made are put right as the API path does.
     r.put_right(lm_recs, reused_lms, run_ids - set(fresh_runs))
+
+
+def _safe_id(pattern, value: object, what: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise RestoreError(f"archive: {what} {str(value)[:80]!r} is not a valid id; refused as forged or damaged")
+    return value
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        rec = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RestoreError(f"archive: cannot read {path.parent.name}/{path.name}: {exc}") from None
+    if not isinstance(rec, dict):
+        raise RestoreError(f"archive: {path.parent.name}/{path.name} is not a JSON object")
+    return rec
 
 
 def _model_links(r: _Restorer, run_ids: set[str]) -> tuple[dict[str, list[tuple[str, int]]], dict[str, list[str]]]:

@@ -127,6 +127,24 @@ def build(uri: str) -> dict:
         mlflow.set_tracking_uri(previous)
 
 
+def restore_tags(uri: str) -> list[str]:
+    """Every ``mlops.restore.*`` tag left on a registered model, version, run or logged model."""
+    from mlflow.entities import ViewType
+
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    found = []
+    exps = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    for rm in client.search_registered_models():
+        found += [f"model {rm.name}: {k}" for k in rm.tags if k.startswith(RESTORE_TAG)]
+        for mv in client.search_model_versions(f"name = '{rm.name}'"):
+            found += [f"{rm.name} v{mv.version}: {k}" for k in mv.tags if k.startswith(RESTORE_TAG)]
+    for r in client.search_runs(exps, run_view_type=ViewType.ALL, max_results=1000):
+        found += [f"run {r.info.run_id}: {k}" for k in r.data.tags if k.startswith(RESTORE_TAG)]
+    for lm in client.search_logged_models(exps, max_results=100):
+        found += [f"logged model {lm.model_id}: {k}" for k in (lm.tags or {}) if k.startswith(RESTORE_TAG)]
+    return sorted(found)
+
+
 def _no_restore_tags(tags: dict) -> dict:
     return {k: v for k, v in (tags or {}).items() if not k.startswith(RESTORE_TAG)}
 
