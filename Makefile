@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing the pinned dependencies (a few minutes the first time)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==$(PIP_VERSION) setuptools==$(SETUPTOOLS_VERSION) 2>&1 | grep -v "^WARNING: Location" || true
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[stack,test]' 2>&1 | grep -v "^WARNING: Location" || true
 	@$(BIN)/python -c "import mlflow, sklearn, serving, training, mlops" && touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the project (pinned)
