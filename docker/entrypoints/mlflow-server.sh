@@ -58,4 +58,42 @@ INI
   set -- "$@" --app-name basic-auth
 fi
 
+# Compose: a read-only user for the prediction service (MLFLOW_AUTH_READONLY_USERNAME/_PASSWORD),
+# created once the server answers, its password reset on every start. New users get
+# default_permission (READ). `mlops stack up` creates its own and leaves these unset.
+if [ "${MLFLOW_AUTH:-false}" = "true" ] && [ -n "${MLFLOW_AUTH_READONLY_PASSWORD:-}" ]; then
+  "$@" &
+  server=$!
+  trap 'kill -TERM "$server" 2>/dev/null' TERM INT
+  python - <<'PY' || { kill -TERM "$server"; wait "$server"; exit 1; }
+import base64, json, os, time, urllib.error, urllib.request
+
+base = f"http://127.0.0.1:{os.environ.get('MLFLOW_PORT', '5000')}"
+admin = f"{os.environ.get('MLFLOW_AUTH_ADMIN_USERNAME', 'admin')}:{os.environ['MLFLOW_AUTH_ADMIN_PASSWORD']}"
+headers = {"Authorization": "Basic " + base64.b64encode(admin.encode()).decode(), "Content-Type": "application/json"}
+user = {"username": os.environ.get("MLFLOW_AUTH_READONLY_USERNAME") or "serving",
+        "password": os.environ["MLFLOW_AUTH_READONLY_PASSWORD"]}
+
+
+def call(method, path):
+    req = urllib.request.Request(base + path, json.dumps(user).encode(), headers, method=method)
+    return urllib.request.urlopen(req, timeout=10).status
+
+
+for _ in range(180):
+    try:
+        urllib.request.urlopen(base + "/health", timeout=3)
+        break
+    except OSError:
+        time.sleep(1)
+try:
+    call("POST", "/api/2.0/mlflow/users/create")
+except urllib.error.HTTPError:
+    call("PATCH", "/api/2.0/mlflow/users/update-password")
+print(f"read-only user {user['username']} ready", flush=True)
+PY
+  wait "$server"
+  exit $?
+fi
+
 exec "$@"

@@ -18,8 +18,9 @@ from tests.helpers import ROOT
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
-SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD",
-           "MLFLOW_FLASK_SERVER_SECRET_KEY", "ADMIN_TOKEN")
+SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MINIO_MLFLOW_ACCESS_KEY",
+           "MINIO_MLFLOW_SECRET_KEY", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+           "SERVING_TRACKING_PASSWORD", "ADMIN_TOKEN")
 ONE_SHOT = {"create-bucket", "trainer", "backup"}
 S3_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_S3_ENDPOINT_URL")
 
@@ -47,7 +48,7 @@ def _env_example() -> dict[str, str]:
 def _filled_env_file(tmp_path: Path, **override: str) -> Path:
     values = _env_example()
     for name in SECRETS:
-        values[name] = "x" * 12 if name != "MINIO_ROOT_USER" else "minio-admin"
+        values[name] = f"{name.lower().replace('_', '-')}-value"  # distinct: tests tell them apart
     values.update(override)
     path = tmp_path / "test.env"
     path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
@@ -223,3 +224,31 @@ def test_nginx_balances_the_serving_replicas(resolved):
     assert nginx["ports"][0]["target"] == 80
     assert "ports" not in resolved["services"]["serving"], "replicas can't share a host port: publish nginx only"
     assert conf.count("{") == conf.count("}")
+
+
+def test_least_privilege_matches_the_security_doc(resolved):
+    """docs/security.md: root keys only in the one-shot bucket job, serving a read-only user."""
+    services = resolved["services"]
+    values = {name: f"{name.lower().replace('_', '-')}-value" for name in SECRETS}
+    roots = {values["MINIO_ROOT_USER"], values["MINIO_ROOT_PASSWORD"]}
+    for name, svc in services.items():
+        if name in ("minio", "create-bucket"):
+            continue
+        held = roots & set(map(str, (svc.get("environment") or {}).values()))
+        assert not held, f"{name} holds MinIO's root keys"
+    mlflow_env = services["mlflow"]["environment"]
+    assert mlflow_env["AWS_ACCESS_KEY_ID"] == values["MINIO_MLFLOW_ACCESS_KEY"]
+    assert mlflow_env["AWS_SECRET_ACCESS_KEY"] == values["MINIO_MLFLOW_SECRET_KEY"]
+    job = " ".join(map(str, services["create-bucket"]["command"]))
+    for step in ("mc admin user add", "mc admin policy create", "mc admin policy attach", "MINIO_MLFLOW_ACCESS_KEY"):
+        assert step in job, f"create-bucket does not run {step!r}"
+    serving_env = services["serving"]["environment"]
+    assert serving_env["MLFLOW_TRACKING_PASSWORD"] == values["SERVING_TRACKING_PASSWORD"]
+    assert serving_env["MLFLOW_TRACKING_PASSWORD"] != values["MLFLOW_AUTH_ADMIN_PASSWORD"]
+    assert serving_env["MLFLOW_TRACKING_USERNAME"] != mlflow_env["MLFLOW_AUTH_ADMIN_USERNAME"]
+    assert values["MLFLOW_AUTH_ADMIN_PASSWORD"] not in map(str, serving_env.values())
+    # The tracking server creates that user at start (default permission READ).
+    assert mlflow_env["MLFLOW_AUTH_READONLY_USERNAME"] == serving_env["MLFLOW_TRACKING_USERNAME"]
+    assert mlflow_env["MLFLOW_AUTH_READONLY_PASSWORD"] == serving_env["MLFLOW_TRACKING_PASSWORD"]
+    script = (ROOT / "docker" / "entrypoints" / "mlflow-server.sh").read_text()
+    assert "MLFLOW_AUTH_READONLY_PASSWORD" in script and "/api/2.0/mlflow/users/create" in script
