@@ -109,6 +109,10 @@ def validate(ds: Dataset) -> None:
         ds.dropped_rows = int(missing.sum())
         log.warning("dropped %d of %d rows whose target '%s' is missing", ds.dropped_rows, len(frame), ds.target)
         ds.frame = frame = frame.loc[~missing].reset_index(drop=True)
+        y = frame[ds.target]
+        if pd.api.types.is_float_dtype(y) and bool((y % 1 == 0).all()):
+            # An integer column with gaps is read as floats: without the gaps it is integers again.
+            frame[ds.target] = y.astype("int64")
     if frame[ds.target].nunique() < 2:
         raise DataError(
             f"target column '{ds.target}' is constant ({shown(frame[ds.target].iloc[0])} in every row): nothing to learn"
