@@ -192,7 +192,7 @@ class ModelManager:
             return self._result(before, error=str(exc))
         self._registry_ok(mv.version, None)
         self.served_note = None
-        if self.current is not None and self.current.version == str(mv.version):
+        if self.current is not None and _same_version(self.current, mv):
             self.current.meta.stage = mv.current_stage or self.current.meta.stage
             self.last_swap_error = None
             return self._result(before)
@@ -313,6 +313,11 @@ class ModelManager:
         name = self.settings.model_name
         t0 = time.perf_counter()
         runtime = self.loaded.get(version)
+        if runtime is not None and not _same_version(runtime, mv):
+            log.warning("%s v%s in the registry is another version now (run %s, was %s): loading it afresh",
+                        name, version, mv.run_id, runtime.meta.run_id)
+            self.loaded.pop(version)
+            runtime = None
         if runtime is not None:
             runtime.meta.stage, runtime.meta.description = mv.current_stage, mv.description
             how = "kept in memory since it last served"
@@ -511,6 +516,13 @@ class ModelManager:
         }
 
     _previous: str | None = None
+
+
+def _same_version(runtime: ModelRuntime, mv) -> bool:
+    """True when ``runtime`` holds the registry's ``mv``: same number, run and source (a model
+    deleted and created again reuses numbers)."""
+    return (runtime.version == str(mv.version) and runtime.meta.run_id == mv.run_id
+            and runtime.meta.source == mv.source)
 
 
 def _identity(mv) -> dict:

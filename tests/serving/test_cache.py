@@ -115,6 +115,18 @@ def test_two_registries_sharing_a_cache_each_serve_their_own_weights(stores, tmp
         assert ma2.current.meta.run_id == ma.current.meta.run_id
 
 
+def test_a_live_server_follows_a_model_deleted_and_created_again_under_the_same_number(store, tmp_path):
+    with tracking(store.uri):
+        m = manager_for(store, tmp_path / "models", tmp_path)
+        m.check()
+        assert not (example_predictions(m) == 1).all()
+        new_run = recreate_as_constant_model(store.uri)
+        res = m.check(force=True)
+        assert res["error"] is None and res["model_version"] == "1", res
+        assert m.current.meta.run_id == new_run, "/api/model/info would show the old run"
+        assert (example_predictions(m) == 1).all(), "still serving the deleted model's weights"
+
+
 def test_a_restart_never_starts_from_another_registrys_pointer(stores, tmp_path):
     a, b, _ = stores
     a = copy_store(a, tmp_path / "a")
