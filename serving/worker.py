@@ -94,16 +94,39 @@ class DeadlineConn(TConn):
 
 
 class ServingWorker(ThreadWorker):
-    """``gthread`` whose connections have a read deadline (set ``read_timeout_s`` before forking)."""
+    """``gthread`` whose connections have a read deadline (set ``read_timeout_s`` before forking),
+    and that accepts a new connection only while one of its threads is free.
+
+    gunicorn's ``gthread`` keeps accepting until ``worker_connections`` (1000): a worker whose
+    threads are all held by stalled clients still takes new connections off the shared listening
+    socket, and they wait in its thread pool behind the stalled ones, while another worker sits
+    idle. Here a worker with every thread busy stops polling the listening socket, so the kernel
+    hands the next connection to a worker that can serve it at once; it starts again as soon as
+    a thread is done. Keep-alive connections that wake up are still queued in the worker that
+    holds them.
+    """
 
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    _busy: int = 0
 
     def enqueue_req(self, conn: TConn) -> None:
         """Submit the connection to a thread, as a DeadlineConn."""
         if type(conn) is TConn:
             conn.__class__ = DeadlineConn
             conn.read_timeout_s = self.read_timeout_s
+        self._busy += 1
         super().enqueue_req(conn)
+        if self._busy >= self.cfg.threads:
+            self.set_accept_enabled(False)
+
+    def finish_request(self, conn: TConn, fs) -> None:
+        """A thread is done with ``conn`` (main loop): one more free thread."""
+        self._busy -= 1
+        super().finish_request(conn, fs)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        """Poll the listening socket only while a thread is free (and gunicorn allows it)."""
+        super().set_accept_enabled(enabled and self._busy < self.cfg.threads)
 
     def handle_request(self, req, conn: TConn) -> bool:
         """Serve one request; keep the connection only if its body was read cleanly."""

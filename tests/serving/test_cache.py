@@ -6,6 +6,7 @@ that leaves the registry, and a full cache disk (a real size-limited tmpfs).
 from __future__ import annotations
 
 import contextlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -174,13 +175,14 @@ def test_a_version_that_fails_from_cache_is_downloaded_once_more_then_refused_cl
         first = manager_for(store, cache, tmp_path)
         assert "load failed" in first.check()["error"]
         entry = cache / MODEL / broken
-        inode = entry.stat().st_ino
+        first_download = json.loads((entry / ".cache-entry.json").read_text())["downloaded_at"]
 
         restarted = manager_for(store, cache, tmp_path)
         res = restarted.check()
         assert res["model_version"] is None
         assert "downloaded again" in res["error"] and "load failed" in res["error"], res
-        assert entry.stat().st_ino != inode, "the cached copy was not dropped and fetched again"
+        again = json.loads((entry / ".cache-entry.json").read_text())["downloaded_at"]
+        assert again > first_download, "the cached copy was not dropped and fetched again"
         h = restarted.health()
         assert h["status"] == "unavailable" and "downloaded again" in h["reason"], h
 
