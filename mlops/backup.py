@@ -25,7 +25,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import mlflow
 from mlflow import MlflowClient
@@ -71,20 +70,6 @@ def default_path(home: Path | None = None) -> Path:
     """``backups/registry-<UTC timestamp>.tar.gz`` under the project home."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     return (home or config.project_home()) / "backups" / f"registry-{stamp}.tar.gz"
-
-
-def redact_uri(uri: str) -> str:
-    """The URI without a password (``user:***@host``), safe to store in an archive."""
-    try:
-        parts = urlsplit(uri)
-    except ValueError:
-        return uri
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -179,14 +164,20 @@ def db_max_versions(backend_uri: str | None) -> dict[str, int] | None:
         return None
     import sqlalchemy as sa
 
-    engine = sa.create_engine(backend_uri)
+    problem = config.password_problem(backend_uri)
+    if problem:
+        raise BackupError(problem)
+    engine = None
     try:
+        engine = sa.create_engine(backend_uri)
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT name, MAX(version) FROM model_versions GROUP BY name")).all()
-    except sa.exc.SQLAlchemyError as exc:
-        raise BackupError(f"cannot read version counters from {redact_uri(backend_uri)}: {exc.__class__.__name__}") from None
+    except (sa.exc.SQLAlchemyError, ValueError, ImportError) as exc:
+        raise BackupError(f"cannot read version counters from {config.redact_uri(backend_uri)}: "
+                          f"{exc.__class__.__name__}") from None
     finally:
-        engine.dispose()
+        if engine is not None:
+            engine.dispose()
     return {str(name): int(v) for name, v in rows if v is not None}
 
 
@@ -621,7 +612,7 @@ def _backup(client, out, models, backend_store_uri, artifacts_destination, worke
             "backup_id": uuid.uuid4().hex,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "mlflow_version": mlflow.__version__,
-            "source_tracking_uri": redact_uri(uri),
+            "source_tracking_uri": config.redact_uri(uri),
             "models": [r["name"] for r in model_records],
             "counts": {
                 "models": len(model_records), "versions": sum(len(r["versions"]) for r in model_records),

@@ -26,6 +26,19 @@ def redact_uri(uri: str) -> str:
     return _URI_CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@{m['host']}{m['port'] or ''}", uri)
 
 
+def password_problem(uri: str) -> str | None:
+    """Why the password in ``uri`` would be misread by a URI parser, or None.
+
+    ``@``, ``/``, ``?`` and ``#`` inside a password must be URL-encoded: unencoded, drivers split
+    the URI at them and may echo a piece of the password back as a host name in their error.
+    """
+    m = _URI_CREDENTIALS.search(uri)
+    if m is None or not any(c in m["password"] for c in "@/?#"):
+        return None
+    return (f"the password in {redact_uri(uri)} holds characters a URI must encode (@ / ? #): URL-encode it, "
+            "e.g. python -c \"import urllib.parse,sys; print(urllib.parse.quote(sys.argv[1], safe=''))\" 'PASSWORD'")
+
+
 def postgres_uri(user: str, password: str, host: str, port: int, dbname: str,
                  driver: str = "postgresql+psycopg2") -> str:
     """A PostgreSQL URI with user and password URL-encoded (``@#/:%`` and friends are safe)."""

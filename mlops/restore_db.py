@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from mlflow.exceptions import MlflowException
 
 from mlops import registry
+from mlops.config import password_problem, redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +51,21 @@ def open_engine(uri: str):
         create_sqlalchemy_engine,
     )
 
+    problem = password_problem(uri)
+    if problem:
+        raise DatabaseTargetError(problem)
     try:
         engine = create_sqlalchemy_engine(uri)
         current = _get_schema_version(engine)
     except Exception as exc:  # noqa: BLE001 - any driver or URL error becomes one line
-        raise DatabaseTargetError(f"cannot open the database {_safe(uri)}: {str(exc).splitlines()[0]}") from None
+        raise DatabaseTargetError(f"cannot open the database {redact_uri(uri)}: {str(exc).splitlines()[0]}") from None
     head = _get_latest_schema_revision()
     if current != head:
         raise DatabaseTargetError(
-            f"the database {_safe(uri)} is at schema revision {current or 'none'}, this MLflow writes {head}: "
+            f"the database {redact_uri(uri)} is at schema revision {current or 'none'}, this MLflow writes {head}: "
             "restore through the tracking server instead (drop --backend-store-uri)"
         )
     return engine
-
-
-def _safe(uri: str) -> str:
-    """The URI without its password."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(uri)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return uri
 
 
 def check_server_database(engine, client) -> None:

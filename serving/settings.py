@@ -124,7 +124,7 @@ class Settings:
     def public(self) -> dict:
         """The settings without secrets (for /api/model/info and startup logs)."""
         return {
-            "tracking_uri": _redact_uri(self.tracking_uri),
+            "tracking_uri": config.redact_uri(self.tracking_uri),
             "model_name": self.model_name,
             "selector": self.selector,
             "poll_interval_s": self.poll_interval_s,
@@ -149,10 +149,3 @@ def _path(value: str | None, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default
 
 
-def _redact_uri(uri: str) -> str:
-    """Drop a password from ``scheme://user:password@host`` URIs."""
-    if "://" in uri and "@" in uri.split("://", 1)[1].split("/", 1)[0]:
-        scheme, rest = uri.split("://", 1)
-        creds, host = rest.split("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}"
-    return uri
