@@ -181,8 +181,9 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         if with_meta:
             payload["model_name"] = runtime.name
             payload["model_version"] = version
-            payload["classes"] = result.classes
-            payload["probabilities"] = np.ascontiguousarray(result.proba) if result.proba is not None else None
+            if result.classes is not None:  # a classifier: its labels, and probabilities where it has them
+                payload["classes"] = result.classes
+                payload["probabilities"] = np.ascontiguousarray(result.proba) if result.proba is not None else None
         metrics.observe_rows(endpoint, version, result.rows)
         log.info(
             "Prediction made: %s v%s, %d row(s)", runtime.name, version, result.rows,
@@ -239,6 +240,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
             "classes": rt.classes,
             "fast_path": rt.fast,
             "fast_path_reason": rt.native_reason,
+            "prediction_path": rt.fast_path,
             "loaded_at": iso(rt.loaded_at),
             "loaded_from": rt.loaded_from,
             "last_registry_check": iso(manager.last_check_at),

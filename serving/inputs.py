@@ -439,9 +439,30 @@ def _check_values(rows: list, spec: InputSpec) -> None:
 
 
 def _to_frame(rows: list, spec: InputSpec):
+    """Checked rows → a DataFrame whose columns have the signature's types, as MLflow's own
+    parser builds it: JSON integers in a double column become doubles, ``null`` in an optional
+    numeric column NaN; integer and boolean columns holding ``null`` stay object (no missing value
+    exists for them) and strings stay Python strings."""
     import pandas as pd
 
-    return pd.DataFrame([list(r) for r in rows], columns=list(spec.columns))
+    columns = list(zip(*rows, strict=True)) if rows else [() for _ in spec.specs]
+    data = {}
+    for s, values in zip(spec.specs, columns, strict=True):
+        data[s.name] = _typed_column(values, s)
+    return pd.DataFrame(data, columns=list(spec.columns))
+
+
+def _typed_column(values: tuple, s: ColumnSpec):
+    if s.dtype is None or s.type in ("string", "binary", "datetime"):
+        return np.array(values, dtype=object) if s.type == "string" else list(values)
+    if s.dtype.kind == "f":
+        return np.array([np.nan if v is None else v for v in values], dtype=np.float64).astype(s.dtype, copy=False)
+    if any(v is None for v in values):
+        return np.array(values, dtype=object)
+    try:
+        return np.array(values, dtype=s.dtype)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise InputError("INVALID_VALUE", f"column '{s.name}': values do not fit the signature type {s.type}: {exc}") from None
 
 
 def _parse_csv(body: bytes, spec: InputSpec, build_frame: bool) -> ParsedInput:

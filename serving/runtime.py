@@ -8,7 +8,13 @@ Two prediction paths:
   scikit-learn neither warns nor re-checks column names on a bare array (the order is guaranteed
   by the validation). At load time the native path must reproduce pyfunc's predictions on the
   model's input example bit for bit, or it is not used.
-* **pyfunc** for everything else (other flavors, mixed-type or tensor signatures, no signature).
+* **frame** (scikit-learn flavor with a mixed-type column signature: strings, integers, booleans,
+  optional columns): the request is validated into a DataFrame with the signature's column types
+  and handed to the pipeline directly, skipping pyfunc's schema enforcement (which would only
+  re-check what the validation already did). At load time it must reproduce pyfunc's predictions
+  bit for bit on the input example and on variants of it (each optional column missing, each text
+  column an unseen category, numbers changed), or it is not used.
+* **pyfunc** for everything else (other flavors, tensor signatures, no signature, params).
 """
 
 from __future__ import annotations
@@ -131,6 +137,20 @@ class NativePredictor:
         return labels, proba
 
 
+class FramePredictor:
+    """Calls a scikit-learn pipeline directly on a validated, typed DataFrame."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.has_proba = hasattr(model, "predict_proba")
+
+    def __call__(self, frame, with_proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        with _sklearn_checks_on():
+            labels = self.model.predict(frame)
+            proba = self.model.predict_proba(frame) if with_proba and self.has_proba else None
+        return labels, proba
+
+
 class ModelRuntime:
     """One loaded and smoke-tested model version."""
 
@@ -143,6 +163,7 @@ class ModelRuntime:
         self.loaded_at = time.time()
         self.spec = InputSpec.from_signature(loaded.signature)
         self.native: NativePredictor | None = None
+        self.frame_native: FramePredictor | None = None
         self.native_reason = "not a scikit-learn model"
         self.classes: list | None = None
         self.flavors = sorted(loaded.mlmodel.flavors)
@@ -183,7 +204,13 @@ class ModelRuntime:
 
     @property
     def fast(self) -> bool:
-        return self.native is not None
+        return self.native is not None or self.frame_native is not None
+
+    @property
+    def fast_path(self) -> str:
+        """Which path predicts: ``native`` (one numpy array), ``frame`` (a typed DataFrame straight
+        to scikit-learn) or ``pyfunc``."""
+        return "native" if self.native is not None else "frame" if self.frame_native is not None else "pyfunc"
 
     def parse(self, body: bytes, kind: str) -> ParsedInput:
         """Validate a request body (``kind`` = json|csv) for this model's signature."""
@@ -196,6 +223,12 @@ class ModelRuntime:
         if self.native is not None and parsed.array is not None:
             labels, proba = self.native(parsed.array, with_proba)
             return Prediction(labels, proba, self.native.classes, parsed.rows)
+        if self.frame_native is not None and parsed.frame is not None and not parsed.params:
+            try:
+                labels, proba = self.frame_native(parsed.frame, with_proba)
+            except (ValueError, TypeError, KeyError) as exc:
+                raise InputError("INVALID_INPUT", f"the model rejected the input: {_first_line(str(exc))}") from None
+            return Prediction(labels, proba, self.classes, parsed.rows)
         return self._predict_pyfunc(parsed, with_proba)
 
     def _predict_pyfunc(self, parsed: ParsedInput, with_proba: bool) -> Prediction:
@@ -229,11 +262,14 @@ class ModelRuntime:
         self.classes = _jsonable(getattr(sk, "classes_", None)) if sk is not None else None
         if sk is None:
             return
-        if self.spec is None or not self.spec.uniform:
-            self.native_reason = "signature is not one numeric type"
+        if self.spec is None:
+            self.native_reason = "no column signature"
             return
         if self.spec.has_params:
             self.native_reason = "signature has params"
+            return
+        if not self.spec.uniform:
+            self._setup_frame()
             return
         try:
             native = NativePredictor(sk, assume_finite=self.spec.all_required)
@@ -258,6 +294,77 @@ class ModelRuntime:
             self.native_reason = "ok"
             return
         log.warning("%s v%s: using the pyfunc path (%s)", self.name, self.version, self.native_reason)
+
+    def _setup_frame(self) -> None:
+        """Use the frame path if it equals pyfunc bit for bit on the example and its variants."""
+        sk = self.loaded.sklearn_model
+        frame_native = FramePredictor(sk)
+        try:
+            bodies = self._variant_bodies()
+        except Exception as exc:  # noqa: BLE001 - any failure means: use pyfunc
+            bodies, why = [], f"cannot build rows from the input example: {_first_line(str(exc))}"
+        for body in bodies:
+            why = self._frame_differs(frame_native, body)
+            if why:
+                break
+        else:
+            if bodies:
+                self.frame_native = frame_native
+                self.native_reason = "ok (frame)"
+                return
+        self.native_reason = why
+        log.warning("%s v%s: using the pyfunc path (%s)", self.name, self.version, why)
+
+    def _frame_differs(self, frame_native: FramePredictor, body: bytes) -> str | None:
+        """Why the frame path is not exact on ``body`` (None: equal to pyfunc, or both refuse it)."""
+        try:
+            frame = inputs.parse(body, "json", self.spec, build_frame=True).frame
+        except InputError:
+            return None  # the validation refuses it before any path would run
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                with _sklearn_checks_on():
+                    expected = np.asarray(self.loaded.pyfunc.predict(frame.copy()))
+            except Exception:  # noqa: BLE001 - pyfunc refuses: the frame path must refuse too
+                expected = None
+            try:
+                labels, proba = frame_native(frame.copy(), with_proba=True)
+            except Exception as exc:  # noqa: BLE001
+                return None if expected is None else f"frame call failed: {_first_line(str(exc))}"
+        if expected is None:
+            return "the frame path accepts rows pyfunc refuses"
+        if not _same(labels, expected):
+            return "frame predictions differ from pyfunc"
+        return None
+
+    def _variant_bodies(self) -> list[bytes]:
+        """The input example, and rows derived from it that reach the code a client's rows reach:
+        every optional column missing (each alone and all at once), every text column an unseen
+        category, every number changed."""
+        frame = self._example_frame()
+        rows = frame.astype(object).where(frame.notna(), None).to_numpy().tolist()
+        base = rows[0]
+        variants = [list(r) for r in rows]
+        optional = [i for i, s in enumerate(self.spec.specs) if not s.required]
+        for i in optional:
+            variants.append([None if j == i else v for j, v in enumerate(base)])
+        if optional:
+            variants.append([None if j in optional else v for j, v in enumerate(base)])
+        for i, s in enumerate(self.spec.specs):
+            if s.type == "string":
+                variants.append([f"unseen-{self.version}-category" if j == i else v for j, v in enumerate(base)])
+        bumped = list(base)
+        for i, s in enumerate(self.spec.specs):
+            v = bumped[i]
+            if s.type in ("double", "float") and isinstance(v, (int, float)) and not isinstance(v, bool):
+                bumped[i] = float(v) * 1.5 + 1.0
+            elif s.type in ("long", "integer") and isinstance(v, int) and not isinstance(v, bool):
+                bumped[i] = v + 1
+        variants.append(bumped)
+        columns = list(self.spec.columns)
+        return [_orjson_dumps({"dataframe_split": {"columns": columns, "data": [r]}}) for r in variants] + \
+            [_orjson_dumps({"dataframe_split": {"columns": columns, "data": variants}})]
 
     def _example_frame(self):
         import pandas as pd
