@@ -55,8 +55,9 @@ train: $(STAMP) ## retrain through `mlflow run` (ARGS='-P model=random_forest -P
 status: $(STAMP) ## registry and serving status
 	@$(BIN)/mlops status
 
-test: $(STAMP) ## run the whole test suite (real servers; a few minutes)
-	@$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+TEST_WORKERS ?= 2
+test: $(STAMP) ## run the whole test suite (real servers; TEST_WORKERS=2 processes; ~15 minutes)
+	@$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## only the fast tests
 	@$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

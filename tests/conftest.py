@@ -1,9 +1,58 @@
-"""Test-suite wide set-up: tests never touch the repo's own store or a running service."""
+"""Test-suite wide set-up: tests never touch the repo's own store or a running service; under
+``-n`` (pytest-xdist) modules and shared-server packages stay whole on one worker."""
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
+from pathlib import Path
+
+import pytest
 
 for _var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "SERVING_URL", "ADMIN_TOKEN", "API_TOKEN",
              "MODEL_NAME", "MODEL_STAGE", "MODEL_ALIAS"):
     os.environ.pop(_var, None)
+
+#: Packages whose tests share package- or session-scoped servers and stores: run as one unit.
+_SHARED_PACKAGES = ("lifecycle", "reliability", "serving")
+_NUMBERS_ENV = "MLOPS_TEST_NUMBERS_FILE"
+
+
+def pytest_configure(config):
+    """In the controlling process, a file the ``numbers`` fixture of every worker appends to."""
+    if not hasattr(config, "workerinput") and _NUMBERS_ENV not in os.environ:
+        fd, path = tempfile.mkstemp(prefix="mlops-test-numbers-", suffix=".jsonl")
+        os.close(fd)
+        os.environ[_NUMBERS_ENV] = path
+        config._mlops_numbers_file = Path(path)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ``-n`` (pytest-xdist, ``--dist loadgroup``) each test module runs on one worker, and
+    each package of ``_SHARED_PACKAGES`` as a whole, so shared servers start once."""
+    root = Path(__file__).resolve().parent
+    for item in items:
+        rel = item.path.resolve().relative_to(root)
+        group = rel.parts[0] if rel.parts[0] in _SHARED_PACKAGES else str(rel)
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
+def record_number(section: str, text: str) -> None:
+    """One measured line for the end-of-run summary (any process, any worker)."""
+    path = os.environ.get(_NUMBERS_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps([section, text]) + "\n")
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    path = getattr(config, "_mlops_numbers_file", None)
+    if path is None or not path.exists():
+        return
+    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    path.unlink(missing_ok=True)
+    if lines:
+        terminalreporter.write_sep("=", "reliability: measured numbers")
+        for section, text in lines:
+            terminalreporter.write_line(f"{section:<22} {text}")

@@ -43,7 +43,6 @@ ORDER = (
     "test_outage::test_tracking_server_outage_and_a_restart_from_the_cache",
     "test_secrets",
 )
-_NUMBERS = pytest.StashKey[list]()
 
 
 # --------------------------------------------------------------------------- ordering and numbers
@@ -68,24 +67,12 @@ def pytest_collection_modifyitems(session, config, items):
         items[i] = item
 
 
-def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    lines = config.stash.get(_NUMBERS, [])
-    if not lines:
-        return
-    terminalreporter.write_sep("=", "reliability: measured numbers")
-    for section, text in lines:
-        terminalreporter.write_line(f"{section:<22} {text}")
-
-
 @pytest.fixture(scope="session")
 def numbers(request):
     """``numbers(section, text)`` records one line for the terminal summary."""
-    store = request.config.stash.setdefault(_NUMBERS, [])
+    from tests.conftest import record_number
 
-    def record(section: str, text: str) -> None:
-        store.append((section, text))
-
-    return record
+    return record_number
 
 
 # --------------------------------------------------------------------------- small helpers
