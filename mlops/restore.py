@@ -680,6 +680,11 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
         exp_ids = {r.run_record(rid)["experiment_id"] for rid in run_ids}
         lm_recs = {mid: r.lm_record(mid) for mid in lm_ids}
         exp_ids |= {rec["experiment_id"] for rec in lm_recs.values()}
+        # Models an earlier, interrupted run of this restore completed still have provenance tags on
+        # their runs and logged models: found (in their experiments) and removed with the others.
+        done_runs, done_lms, done_keys = _dependencies(r, [by_name[n] for n in result.already])
+        done_exps = ({r.run_record(rid)["experiment_id"] for rid in done_runs}
+                     | {r.lm_record(mid)["experiment_id"] for mid in done_lms})
         engine = _database(r, backend_store_uri, database) if selected else None
         if dry_run:
             _plan(r, result, selected, states, clash, exp_ids, run_ids, lm_ids, source_keys)
@@ -690,9 +695,12 @@ def _restore(client, folder, manifest, models, dry_run, if_exists, workers, on_p
 
         if artifacts_destination and selected:
             r.direct = _direct_store(r, artifacts_destination)
-        r.ensure_experiments(exp_ids)
+        r.ensure_experiments(exp_ids | done_exps)
         existing_runs = r.existing_runs()
         existing_lms = r.existing_logged_models()
+        r.tagged_runs.update(existing_runs[rid].info.run_id for rid in done_runs if rid in existing_runs)
+        r.tagged_lms.update(existing_lms[mid].model_id for mid in done_lms if mid in existing_lms)
+        r.tagged_lms.update(existing_lms[f"source:{k}"].model_id for k in done_keys if f"source:{k}" in existing_lms)
         r.total = len(run_ids) + len(lm_ids) + len(source_keys) + sum(int(m["max_version"]) for m in selected)
         if engine is not None:
             _restore_rows(r, engine, result, selected, states, run_ids, lm_ids, dict(source_keys), lm_recs,
