@@ -25,10 +25,14 @@ def source_registry(tmp_path_factory):
     uri = sqlite_uri(folder)
     train(uri, "--model", "logistic_regression", "--model-name", registry_data.NAME,
           "--experiment", "lc-exp-a", "--promote", "none")
+    train(uri, "--data", "training/datasets/penguins.csv", "--target", "species", "--model-name",
+          registry_data.PENGUINS, "--experiment", "lc-exp-c", "--promote", "none")
     registry_data.build(uri)
     before = registry_data.snapshot(uri, registry_data.NAME)
     preds = registry_data.predictions(uri, registry_data.NAME)
-    return {"uri": uri, "folder": folder, "snapshot": before, "predictions": preds}
+    penguins = registry_data.penguin_predictions(uri)
+    return {"uri": uri, "folder": folder, "snapshot": before, "predictions": preds, "penguins": penguins,
+            "penguins_snapshot": registry_data.snapshot(uri, registry_data.PENGUINS)}
 
 
 @pytest.fixture(scope="session")

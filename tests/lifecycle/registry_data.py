@@ -22,6 +22,7 @@ from mlops.compare import hash_dir as _hash_dir
 
 NAME = "lc-model"
 OTHER = "lc-other"
+PENGUINS = "lc-penguins"  # mixed types (strings, missing values), three classes: trained by the entry point
 DELETED = (4, 7, 8, 17, 18)
 MAX_VERSION = 18
 RESTORE_TAG = "mlops.restore."
@@ -37,6 +38,37 @@ def features(n: int = 20):
     from sklearn.datasets import load_breast_cancer
 
     return load_breast_cancer(as_frame=True).frame.drop(columns=["target"]).head(n)
+
+
+def penguin_rows():
+    """Raw penguin rows as the user's file has them: strings, missing values, unseen categories."""
+    import pandas as pd
+
+    frame = pd.read_csv(Path(__file__).resolve().parents[2] / "training" / "datasets" / "penguins.csv")
+    rows = frame.drop(columns=["species"]).iloc[[0, 3, 8, 9, 10, 47, 120, 178, 200, 218, 256, 271, 300, 343]]
+    unseen = rows.iloc[[0, 5]].copy()
+    unseen["island"] = ["Anvers", "Anvers"]
+    unseen["sex"] = ["unknown", None]
+    return pd.concat([rows, unseen], ignore_index=True)
+
+
+def penguin_predictions(uri: str) -> dict:
+    """``PENGUINS`` v1 on the raw rows: pyfunc's labels, and the pipeline's probabilities as exact reprs."""
+    import mlflow.sklearn
+
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        rows = penguin_rows()
+        with tempfile.TemporaryDirectory() as tmp:
+            labels = mlflow.pyfunc.load_model(f"models:/{PENGUINS}/1", dst_path=tmp, suppress_warnings=True).predict(rows)
+        with tempfile.TemporaryDirectory() as tmp:
+            pipeline = mlflow.sklearn.load_model(f"models:/{PENGUINS}/1", dst_path=tmp)
+            proba = pipeline.predict_proba(rows)
+        return {"labels": [str(x) for x in labels], "classes": [str(c) for c in pipeline.classes_],
+                "proba": [[repr(float(p)) for p in row] for row in proba]}
+    finally:
+        mlflow.set_tracking_uri(previous)
 
 
 def download_logged_model(client: MlflowClient, model_id: str, dest: Path) -> Path:

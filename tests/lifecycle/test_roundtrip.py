@@ -16,7 +16,7 @@ from mlops import restore as restore_mod
 from tests.helpers import start_mlflow_server
 from tests.lifecycle import registry_data
 from tests.lifecycle.conftest import mlops
-from tests.lifecycle.registry_data import NAME, OTHER
+from tests.lifecycle.registry_data import NAME, OTHER, PENGUINS
 
 pytestmark = pytest.mark.slow
 
@@ -29,6 +29,13 @@ def _registry_json(path: Path) -> dict:
 def _assert_same(source: dict, restored: dict) -> None:
     problems = registry_data.diff(source, restored)
     assert not problems, "restored registry differs:\n" + "\n".join(problems[:30])
+
+
+def _assert_penguins(source_registry: dict, uri: str, counter_db: str | None = None) -> None:
+    """The mixed-type multiclass model came back whole, and predicts the raw rows (strings, nulls,
+    unseen categories) with the same labels and bit-identical probabilities."""
+    _assert_same(source_registry["penguins_snapshot"], registry_data.snapshot(uri, PENGUINS, counter_db))
+    assert registry_data.penguin_predictions(uri) == source_registry["penguins"]
 
 
 def _served(tmp_path: Path):
@@ -57,6 +64,14 @@ def test_fixture_has_what_the_round_trip_must_show(source_registry):
     assert {v["run"]["experiment"] for v in snap["versions"].values() if v} == {"lc-exp-a", "lc-exp-b"}
     assert {v["source_kind"] for v in snap["versions"].values() if v} == {"logged_model", "run"}
     assert registry.HISTORY_TAG in snap["tags"]
+    penguins = source_registry["penguins_snapshot"]["versions"][1]
+    inputs = {c["name"]: c for c in json.loads(penguins["signature"]["inputs"])}
+    assert inputs["island"]["type"] == "string" and inputs["sex"]["type"] == "string"
+    assert not inputs["sex"]["required"] and not inputs["bill_length_mm"]["required"]
+    assert source_registry["penguins"]["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
+    assert len(set(source_registry["penguins"]["labels"])) == 3
+    rows = registry_data.penguin_rows()
+    assert rows.isna().any(axis=1).sum() >= 5 and "Anvers" in set(rows["island"])
 
 
 def test_backup_archive_records_numbers_as_integers_and_verifies(archive):
@@ -89,9 +104,10 @@ def test_round_trip_into_empty_sqlite_store(source_registry, archive, tmp_path, 
     assert MlflowClient(tracking_uri=uri).search_registered_models() == []
 
     proc = mlops("restore", archive, uri=uri)
-    assert "2 models" in proc.stdout, proc.stdout
+    assert "3 models" in proc.stdout, proc.stdout
     _assert_same(source_registry["snapshot"], registry_data.snapshot(uri, NAME))
     assert registry_data.predictions(uri, NAME) == source_registry["predictions"]
+    _assert_penguins(source_registry, uri)
     client = registry.get_client(uri)
     src = registry.get_client(source_registry["uri"])
     assert registry.history(client, NAME) == registry.history(src, NAME) and len(registry.history(client, NAME)) == 3
@@ -103,15 +119,15 @@ def test_round_trip_into_empty_sqlite_store(source_registry, archive, tmp_path, 
     counts = _counts(uri)
     again = cli("restore", archive, uri=uri)
     assert again.exit_code != 0 and "already in the target registry" in again.stderr
-    assert _counts(uri) == counts == (3, 2)
+    assert _counts(uri) == counts == (4, 3)
     # Into a registry that has these models from elsewhere: refused as a whole, one line.
     clash = cli("restore", archive, uri=source_registry["uri"])
     assert clash.exit_code != 0
     assert clash.stderr.strip().splitlines() == [
-        f"error: already in the target registry: {NAME}, {OTHER} (use --if-exists skip, or restore into "
+        f"error: already in the target registry: {NAME}, {OTHER}, {PENGUINS} (use --if-exists skip, or restore into "
         "an empty server); nothing was changed"]
     skip = cli("restore", archive, "--if-exists", "skip", uri=source_registry["uri"])
-    assert "0 models" in skip.stdout and skip.stdout.count("skipped") == 2
+    assert "0 models" in skip.stdout and skip.stdout.count("skipped") == 3
 
 
 def test_interrupted_restore_finishes_on_rerun_without_duplicates(source_registry, archive, tmp_path, monkeypatch,
@@ -135,7 +151,7 @@ def test_interrupted_restore_finishes_on_rerun_without_duplicates(source_registr
         restore_mod.restore(client, archive, workers=2, database=False)
     assert any("connection reset" in f for f in err.value.failures)
     assert any(f.startswith(f"model {NAME}: not restored") for f in err.value.failures)
-    assert [m.name for m in client.search_registered_models()] == [OTHER]
+    assert sorted(m.name for m in client.search_registered_models()) == [OTHER, PENGUINS]
 
     # 2nd attempt: the process "dies" after five versions of the big model.
     monkeypatch.setattr(restore_mod._Restorer, "upload", real_upload)
@@ -155,9 +171,9 @@ def test_interrupted_restore_finishes_on_rerun_without_duplicates(source_registr
     # 3rd attempt without faults finishes the job; nothing is duplicated.
     monkeypatch.setattr(MlflowClient, "create_model_version", real_create)
     res = restore_mod.restore(client, archive, workers=2, database=False)
-    assert res.models == [NAME] and res.already == [OTHER]
-    assert res.runs_reused == 3 and res.logged_models_reused == 2
-    assert _counts(uri) == (3, 2)
+    assert res.models == [NAME] and sorted(res.already) == [OTHER, PENGUINS]
+    assert res.runs_reused == 3 and res.logged_models_reused == 2  # the runs lc-model uses
+    assert _counts(uri) == (4, 3)
     _assert_same(source_registry["snapshot"], registry_data.snapshot(uri, NAME))
     # The resume state is gone once the restore has completed: no tag the source did not have.
     assert registry_data.restore_tags(uri) == []
@@ -180,11 +196,12 @@ def test_round_trip_through_a_tracking_server_with_proxied_artifacts(source_regi
     with ctx:
         uri = f"http://127.0.0.1:{port}"
         proc = mlops("restore", archive, uri=uri)
-        assert "runs 3 created" in proc.stdout, proc.stdout
+        assert "runs 4 created" in proc.stdout, proc.stdout
         exp = MlflowClient(tracking_uri=uri).get_experiment_by_name("lc-exp-a")
         assert exp.artifact_location.startswith("mlflow-artifacts:")
         _assert_same(source_registry["snapshot"], registry_data.snapshot(uri, NAME, backend))
         assert registry_data.predictions(uri, NAME) == source_registry["predictions"]
+        _assert_penguins(source_registry, uri, backend)
 
         second = tmp_path / "second.tar.gz"
         mlops("backup", "--out", second, "--backend-store-uri", backend, uri=uri)
@@ -196,6 +213,7 @@ def test_round_trip_through_a_tracking_server_with_proxied_artifacts(source_regi
     mlops("restore", second, uri=target)
     _assert_same(source_registry["snapshot"], registry_data.snapshot(target, NAME))
     assert registry_data.predictions(target, NAME) == source_registry["predictions"]
+    _assert_penguins(source_registry, target)
 
 
 def test_round_trip_with_the_artifact_store_read_and_written_directly(source_registry, archive, tmp_path, new_store,
@@ -222,10 +240,11 @@ def test_round_trip_with_the_artifact_store_read_and_written_directly(source_reg
             m.setattr(HttpArtifactRepository, "log_artifact", through_proxy)
             m.setattr(HttpArtifactRepository, "log_artifacts", through_proxy)
             res = restore_mod.restore(client, archive, artifacts_destination=str(store))
-        assert res.runs_created == 3, res
+        assert res.runs_created == 4, res
         assert not (store / "mlops-probe").exists()
         _assert_same(source_registry["snapshot"], registry_data.snapshot(uri, NAME, backend))
         assert registry_data.predictions(uri, NAME) == source_registry["predictions"]
+        _assert_penguins(source_registry, uri, backend)
 
         second = tmp_path / "second.tar.gz"
         with monkeypatch.context() as m:
@@ -239,6 +258,7 @@ def test_round_trip_with_the_artifact_store_read_and_written_directly(source_reg
     mlops("restore", second, uri=target)
     _assert_same(source_registry["snapshot"], registry_data.snapshot(target, NAME))
     assert registry_data.predictions(target, NAME) == source_registry["predictions"]
+    _assert_penguins(source_registry, target)
 
 
 def _no_api_writes(monkeypatch) -> None:
@@ -281,10 +301,11 @@ def test_round_trip_into_a_server_through_its_database(source_registry, archive,
         with monkeypatch.context() as m:
             _no_api_writes(m)
             res = restore_mod.restore(client, archive, backend_store_uri=backend, artifacts_destination=str(store))
-        assert (res.runs_created, res.logged_models_created, res.placeholders) == (3, 2, 5), res
+        assert (res.runs_created, res.logged_models_created, res.placeholders) == (4, 3, 5), res
         # The server serves what was written behind its back: numbers, gaps, counter, stages, runs, files.
         _assert_same(source_registry["snapshot"], registry_data.snapshot(uri, NAME, backend))
         assert registry_data.predictions(uri, NAME) == source_registry["predictions"]
+        _assert_penguins(source_registry, uri, backend)
         assert registry.history(client, NAME) == registry.history(registry.get_client(source_registry["uri"]), NAME)
         # And the server goes on numbering after the restored counter.
         src = client.get_model_version(OTHER, "2").source
@@ -320,6 +341,6 @@ def test_a_restore_into_the_database_is_all_or_nothing(source_registry, archive,
     monkeypatch.setattr(restore_mod.restore_db.RowBuilder, "registered_model", real)
     client.delete_registered_model(NAME)
     res = restore_mod.restore(client, archive)
-    assert res.models == [NAME, OTHER] or sorted(res.models) == sorted([NAME, OTHER])
-    assert _counts(uri) == (3, 2)
+    assert sorted(res.models) == [NAME, OTHER, PENGUINS]
+    assert _counts(uri) == (4, 3)
     _assert_same(source_registry["snapshot"], registry_data.snapshot(uri, NAME))
