@@ -22,6 +22,7 @@ from gunicorn.http.errors import (
     InvalidChunkExtension,
     InvalidChunkSize,
     NoMoreData,
+    ParseException,
 )
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
@@ -33,8 +34,10 @@ from serving.metrics import Metrics
 from serving.settings import Settings
 from serving.worker import abandon_body, read_expired
 
-# What gunicorn's body readers raise for a malformed chunked body, and for one that ends early.
-_BAD_CHUNKS: tuple[type[Exception], ...] = (InvalidChunkSize, ChunkMissingTerminator, InvalidChunkExtension)
+# What gunicorn's body readers raise for a malformed chunked body (trailers included: they are
+# parsed as headers, so any of gunicorn's parse errors), and for one that ends early.
+_BAD_CHUNKS: tuple[type[Exception], ...] = (InvalidChunkSize, ChunkMissingTerminator, InvalidChunkExtension,
+                                            ParseException)
 _BODY_ENDED: tuple[type[Exception], ...] = (NoMoreData, ClientDisconnected)
 
 log = logging.getLogger("serving.app")

@@ -168,6 +168,13 @@ BAD_CHUNKED = {
     "chunk size with a sign": b"-5\r\nhello\r\n0\r\n\r\n",
     "missing chunk terminator": b"5\r\nhelloXX5\r\nhello\r\n0\r\n\r\n",
     "missing last-chunk CRLF": b"2\r\n{}\r\n0\r\n",
+    # trailers after the last chunk are parsed as headers: each broken kind is the client's mistake
+    "trailer without a colon": b"2\r\n{}\r\n0\r\nbad header line\r\n\r\n",
+    "trailer name with a space": b"2\r\n{}\r\n0\r\nX T: a\r\n\r\n",
+    "trailer with a NUL": b"2\r\n{}\r\n0\r\nX-T: a\x00b\r\n\r\n",
+    "folded trailer": b"2\r\n{}\r\n0\r\n folded\r\n\r\n",
+    "too many trailers": b"2\r\n{}\r\n0\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(300)) + b"\r\n",
+    "oversized trailer": b"2\r\n{}\r\n0\r\nX-T: " + b"a" * 9000 + b"\r\n\r\n",
 }
 
 
