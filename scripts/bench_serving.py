@@ -112,6 +112,54 @@ def bodies_for(tmp: Path) -> dict[int, Path]:
     return out
 
 
+PENGUINS_CSV = ROOT / "training" / "datasets" / "penguins.csv"
+
+
+def penguin_bodies(tmp: Path) -> dict[int, Path]:
+    """Raw penguins rows as a user sends them: strings, nulls (rows with missing values first)."""
+    import pandas as pd
+
+    frame = pd.read_csv(PENGUINS_CSV).drop(columns=["species"])
+    frame = pd.concat([frame[frame.isna().any(axis=1)], frame[~frame.isna().any(axis=1)]])
+    out = {}
+    for n in (1, 100):
+        path = tmp / f"penguins-{n}.json"
+        df = frame.head(n).astype(object).where(frame.head(n).notna(), None)
+        path.write_text(json.dumps({"dataframe_split": {"columns": list(df.columns), "data": df.to_numpy().tolist()}}))
+        out[n] = path
+    return out
+
+
+def bench_penguins(tmp: Path, workers: int, duration: float, rounds: int, lua: Path) -> dict:
+    """This service vs `mlflow models serve` on the penguins pipeline (mixed types, HGB)."""
+    uri = sqlite_uri(tmp / "penguins-store")
+    log("training penguins (histogram gradient boosting) for the mixed-type comparison")
+    train(uri, "--data", str(PENGUINS_CSV), "--target", "species", "--model-name", "penguins",
+          "--model", "hist_gradient_boosting", "--promote", "production", "--experiment", "bench")
+    bodies = penguin_bodies(tmp)
+    services: list[Service] = []
+    try:
+        port = free_port()
+        env = clean_env(MLFLOW_TRACKING_URI=uri, PORT=port, HOST="127.0.0.1", WORKERS=workers, MODEL_NAME="penguins",
+                        MODEL_CACHE_DIR=tmp / "penguins-models", LOG_DIR=tmp / "penguins-logs")
+        services.append(start([str(BIN / "mlops"), "serve"], env, tmp / "penguins-serving.log",
+                              f"http://127.0.0.1:{port}/ready"))
+        info = json.loads(subprocess.run(["curl", "-fsS", f"http://127.0.0.1:{port}/api/model/info"],
+                                         capture_output=True, text=True, timeout=30).stdout or "{}")
+        log(f"penguins served on the {info.get('prediction_path')} path ({info.get('fast_path_reason')})")
+        targets = {"service": f"http://127.0.0.1:{port}/invocations"}
+        port = free_port()
+        services.append(start([str(BIN / "mlflow"), "models", "serve", "-m", "models:/penguins/Production",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port), "-w", str(workers)],
+                              clean_env(MLFLOW_TRACKING_URI=uri), tmp / "penguins-mlflow.log",
+                              f"http://127.0.0.1:{port}/ping"))
+        targets["mlflow"] = f"http://127.0.0.1:{port}/invocations"
+        return measure(targets, bodies, duration, rounds, lua)
+    finally:
+        for svc in services:
+            svc.stop()
+
+
 def start(cmd: list[str], env: dict, log_path: Path, health: str, timeout: float = 240) -> Service:
     svc = Service(cmd, env, log_path)
     try:
@@ -196,6 +244,9 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds per cell; the median is kept (default 3)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     p.add_argument("--skip-swap", action="store_true", help="skip the swap-under-load measurement")
+    p.add_argument("--dataset", choices=("all", "breast-cancer", "penguins"), default="all",
+                   help="breast-cancer (numeric, vs mlflow and the floor), penguins (mixed types, vs mlflow), "
+                        "or both (default)")
     args = p.parse_args()
     if not shutil.which("wrk"):
         print("error: wrk is not installed. Install it with: sudo apt-get update && sudo apt-get install -y wrk",
@@ -207,6 +258,12 @@ def main() -> int:
     uri = sqlite_uri(tmp)
     services: list[Service] = []
     try:
+        penguins = None
+        if args.dataset in ("all", "penguins"):
+            penguins = bench_penguins(tmp, args.workers, args.duration, args.rounds, lua)
+        if args.dataset == "penguins":
+            report_penguins(penguins, None, args.workers, args.duration, args.rounds)
+            return 0
         log(f"training the default model into {uri}")
         train(uri, "--promote", "production")
         bodies = bodies_for(tmp)
@@ -248,6 +305,8 @@ def main() -> int:
 
         swap = None if args.skip_swap else swap_under_load(uri, tmp, w, bodies, lua)
         report(results, swap, w, args.duration, args.rounds)
+        if penguins is not None:
+            report_penguins(penguins, results, w, args.duration, args.rounds)
     finally:
         for svc in services:
             svc.stop()
@@ -286,6 +345,28 @@ def report(results: dict, swap: dict | None, workers: int, duration: float, roun
               f"{swap['workers_on_new']:.0f}/{swap['workers']}")
         print(f"  failed requests: {swap['wrk_failed'] + swap['probe_failed']} "
               f"of {swap['wrk_requests'] + swap['probe_requests']} (target: <= 2 s, 0 failed)")
+
+
+def report_penguins(results: dict, numeric: dict | None, workers: int, duration: float, rounds: int) -> None:
+    print()
+    print(f"Mixed types: penguins (strings, nulls, histogram gradient boosting), {workers} worker(s) each, "
+          f"median of {rounds} interleaved {duration:.0f} s wrk runs per cell")
+    head = (f"{'rows':>4} {'conns':>5} | {'service req/s':>13} {'p50 ms':>7} {'p99 ms':>7} | {'mlflow req/s':>12} "
+            f"{'p50 ms':>7} {'p99 ms':>7} | {'vs mlflow':>9}" + (f" | {'vs numeric path':>15}" if numeric else ""))
+    print(head)
+    print("-" * len(head))
+    for rows in (1, 100):
+        for conns in (1, 8):
+            s, m = results["service"][(rows, conns)], results["mlflow"][(rows, conns)]
+            line = (f"{rows:>4} {conns:>5} | {s['rps']:>13.1f} {s['p50_us'] / 1e3:>7.2f} {s['p99_us'] / 1e3:>7.2f} | "
+                    f"{m['rps']:>12.1f} {m['p50_us'] / 1e3:>7.2f} {m['p99_us'] / 1e3:>7.2f} | {s['rps'] / m['rps']:>8.1f}x")
+            if numeric:
+                line += f" | {s['rps'] / numeric['service'][(rows, conns)]['rps']:>14.2f}x"
+            print(line)
+    errors = {k: sum(r["errors"] for r in v.values()) for k, v in results.items()}
+    print(f"errors (socket + non-2xx): service {errors['service']}, mlflow {errors['mlflow']}")
+    print("target: >= 10x mlflow models serve at 1 and 8 connections; 'vs numeric path' = penguins req/s over "
+          "breast-cancer req/s of this service in the same run")
 
 
 if __name__ == "__main__":
