@@ -17,7 +17,7 @@ import mlflow
 from mlflow import MlflowClient
 
 from mlops import registry
-from mlops.backup import version_filter
+from mlops.registry import version_filter
 
 IGNORED_TAG_PREFIXES = ("mlops.restore.",)
 IGNORED_TAGS = ("mlflow.modelVersions",)

@@ -12,6 +12,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -322,7 +323,7 @@ def status(client: MlflowClient, name: str | None = None, serving_url: str | Non
         by_version: dict[str, list[str]] = {}
         for alias, ver in (rm.aliases or {}).items():
             by_version.setdefault(str(ver), []).append(alias)
-        versions = client.search_model_versions(f"name = '{rm.name}'")
+        versions = [v for v in client.search_model_versions(version_filter(rm.name)) if v.name == rm.name]
         rows = []
         for v in sorted(versions, key=lambda v: int(v.version)):
             acc = (v.tags or {}).get("accuracy")
@@ -339,6 +340,17 @@ def status(client: MlflowClient, name: str | None = None, serving_url: str | Non
             serving_version = health.get("model_version")
         out["models"].append({"name": rm.name, "versions": rows, "serving_version": serving_version})
     return out
+
+
+def version_filter(name: str) -> str:
+    """A ``search_model_versions`` filter matching ``name`` (with ``LIKE`` possibly more: keep the
+    exact matches). MLflow's filter strings have no escape: a name holding both quote characters
+    or a backslash is matched with ``_`` in their place."""
+    if "\\" not in name and "'" not in name:
+        return f"name = '{name}'"
+    if "\\" not in name and '"' not in name:
+        return f'name = "{name}"'
+    return "name LIKE '" + re.sub(r"['\"\\]", "_", name) + "'"
 
 
 def _all_models(client: MlflowClient):
