@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from pathlib import Path
@@ -112,5 +113,15 @@ def ensure_experiment(client, name: str) -> str:
     if exp is not None:
         return exp.experiment_id
     root = artifact_root_for(client.tracking_uri)
-    location = f"{root}/{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}" if root else None
+    location = f"{root}/{experiment_folder(name)}" if root else None
     return client.create_experiment(name, artifact_location=location)
+
+
+def experiment_folder(name: str) -> str:
+    """A folder name for experiment ``name`` that stays inside the artifact root: letters, digits,
+    ``._-`` only, no leading dot (so never ``.`` or ``..``), at most 200 characters."""
+    folder = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+    folder = re.sub(r"^\.+", lambda m: "_" * len(m.group()), folder) or "_"
+    if len(folder) > 200:
+        folder = f"{folder[:187]}_{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return folder
