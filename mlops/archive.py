@@ -8,10 +8,11 @@ checksum mismatches are refused. Extraction happens only into a fresh temporary 
 
 Sizes and counts are bounded before anything is unpacked (:class:`Limits`, overridable through
 ``MLOPS_ARCHIVE_*`` environment variables): files listed, total and per-file bytes, the ratio of
-unpacked bytes to the archive's size, directory entries (only parents of listed files, once each),
-and deleted version numbers to recreate per model. ``registry.json`` is checked too
-(:func:`check_registry`): every id and key that becomes part of a path must match a strict
-pattern, and every version's model files must be in the manifest.
+unpacked bytes to the archive's size, directory entries (only parents of listed files, once each,
+and counted with the files), and deleted version numbers to recreate per model. ``registry.json``
+is checked too (:func:`check_registry`): every id and key that becomes part of a path must match a
+strict pattern, every name, alias, tag, status, timestamp and description must be one MLflow itself
+would accept, and every version's model files must be in the manifest.
 """
 
 from __future__ import annotations
@@ -43,13 +44,18 @@ MANIFEST_NAME = "manifest.json"
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 MAX_NAME_CHARS = 1024
 _CHUNK = 1024 * 1024
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+MAX_COMPONENT_BYTES = 255  # a file name's limit on Linux, macOS and Windows file systems
+MAX_MODEL_NAME_CHARS = 256  # MLflow's column size for model names
+MAX_DESCRIPTION_CHARS = 5000  # MLflow's column size for model and version descriptions
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 REGISTRY_NAME = "registry.json"
 # Ids and keys that become part of a path inside the extracted archive.
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
-MODEL_ID = re.compile(r"^m-[0-9a-f]{1,64}$")
-SOURCE_KEY = re.compile(r"^[0-9a-f]{16}$")
-EXPERIMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+# Matched whole (``fullmatch``): a trailing newline is not allowed.
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+MODEL_ID = re.compile(r"m-[0-9a-f]{1,64}")
+SOURCE_KEY = re.compile(r"[0-9a-f]{16}")
+EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 GiB = 1024**3
 
 
@@ -61,14 +67,16 @@ class ArchiveError(RegistryError):
 class Limits:
     """Bounds on what an archive may unpack; the defaults fit any real registry backup.
 
-    ``max_ratio`` applies once the listed bytes exceed ``ratio_floor_bytes``: an archive may
-    unpack to at most that many times its own size (model files compress 2-10x).
+    ``max_files`` counts the listed files and the folders that hold them (each one an inode and a
+    write on restore). ``max_ratio`` applies once the listed bytes exceed ``ratio_floor_bytes``: an
+    archive may unpack to at most that many times its own size (model files compress 2-10x; only
+    a small archive, whose size says little, may unpack to more).
     """
 
-    max_files: int = 1_000_000
+    max_files: int = 50_000
     max_bytes: int = 512 * GiB
     max_ratio: float = 200.0
-    ratio_floor_bytes: int = GiB
+    ratio_floor_bytes: int = 64 * 1024**2
     max_deleted_versions: int = 10_000
 
     @classmethod
@@ -94,6 +102,12 @@ def _check_bounds(path: Path, files: dict, limits: Limits) -> None:
         raise ArchiveError(
             f"{path}: the manifest lists {len(files)} files, more than the limit of {limits.max_files} "
             "(MLOPS_ARCHIVE_MAX_FILES)"
+        )
+    folders = len(_parents(files))
+    if len(files) + folders > limits.max_files:
+        raise ArchiveError(
+            f"{path}: the manifest lists {len(files)} files in {folders} folders, more than the limit of "
+            f"{limits.max_files} entries (MLOPS_ARCHIVE_MAX_FILES)"
         )
     total = sum(meta["size"] for meta in files.values())
     if total > limits.max_bytes:
@@ -139,31 +153,106 @@ def legacy_source_dir(files: Iterable[str], base: str) -> str | None:
     return None
 
 
+_UNSAFE = "absolute, '..', not normalised, a control character or a part over 255 bytes"
+
+
 def _ident(pattern: re.Pattern, value: object, what: str) -> str:
-    if not isinstance(value, str) or not pattern.match(value):
+    if not isinstance(value, str) or not pattern.fullmatch(value):
         raise ArchiveError(f"registry.json: {what} {str(value)[:80]!r} is not a valid id; refused as forged or damaged")
     return value
 
 
+def _short(value: object) -> str:
+    return repr(value if isinstance(value, (int, float, type(None))) else str(value)[:80])
+
+
+def _mlflow_refuses(check: Callable, *args) -> str | None:
+    """MLflow's own validator's message for ``args``, or None when it accepts them."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        check(*args)
+    except MlflowException as exc:
+        return " ".join(str(exc.message).split())[:200]
+    return None
+
+
+def _check_fields(where: str, rec: dict) -> None:
+    """Timestamps, description, tags and user of a model or version record, typed as backup writes them."""
+    from mlflow.utils import validation
+
+    for key in ("creation_timestamp", "last_updated_timestamp"):
+        ts = rec.get(key)
+        if ts is not None and (not isinstance(ts, int) or isinstance(ts, bool) or not 0 <= ts < 2**63):
+            raise ArchiveError(f"registry.json: {where}: {key} {_short(ts)} is not a timestamp in milliseconds")
+    desc = rec.get("description")
+    if desc is not None and not isinstance(desc, str):
+        raise ArchiveError(f"registry.json: {where}: description is not text")
+    if desc and len(desc) > MAX_DESCRIPTION_CHARS:
+        raise ArchiveError(f"registry.json: {where}: description has {len(desc)} characters, more than MLflow's "
+                           f"{MAX_DESCRIPTION_CHARS}")
+    tags = rec.get("tags", {})
+    if not isinstance(tags, dict):
+        raise ArchiveError(f"registry.json: {where}: tags is not a table")
+    for key, value in (tags or {}).items():
+        if not isinstance(value, str):
+            raise ArchiveError(f"registry.json: {where}: tag {_short(key)} has a value that is not text")
+        if problem := _mlflow_refuses(validation._validate_registered_model_tag, key, value):
+            raise ArchiveError(f"registry.json: {where}: tag {_short(key)}: {problem}")
+    user = rec.get("user_id")
+    if user is not None and not isinstance(user, str):
+        raise ArchiveError(f"registry.json: {where}: user_id {_short(user)} is not text")
+
+
+def _check_alias(name: str, alias: object) -> None:
+    from mlflow.utils import validation
+
+    if not isinstance(alias, str):
+        raise ArchiveError(f"registry.json: model {name!r}: alias {_short(alias)} is not text")
+    problem = (_mlflow_refuses(validation._validate_model_alias_name, alias)
+               or _mlflow_refuses(validation._validate_model_alias_name_reserved, alias))
+    if problem:
+        raise ArchiveError(f"registry.json: model {name!r}: alias {alias[:80]!r} is refused by MLflow: {problem}")
+
+
 def check_registry(reg: object, files: dict, limits: Limits | None = None) -> None:
-    """Refuse a ``registry.json`` whose ids or keys are not safe path parts, whose versions'
-    model files are not all in the manifest, or whose version counters exceed the limits."""
+    """Refuse a ``registry.json`` whose ids or keys are not safe path parts, whose names, aliases,
+    tags, statuses, timestamps or descriptions MLflow would not accept, whose versions' model files
+    are not all in the manifest, or whose version counters exceed the limits."""
+    from mlflow.utils import validation
+
     limits = limits or Limits.from_env()
     if not isinstance(reg, dict) or not isinstance(reg.get("models"), list):
         raise ArchiveError("registry.json has no list of models")
     experiments = reg.get("experiments", {})
     if not isinstance(experiments, dict):
         raise ArchiveError("registry.json: 'experiments' is not a table")
-    for eid in experiments:
+    for eid, exp in experiments.items():
         _ident(EXPERIMENT_ID, eid, "experiment id")
+        if not isinstance(exp, dict) or not isinstance(exp.get("name"), str) or not exp["name"].strip():
+            raise ArchiveError(f"registry.json: experiment {eid} has no name")
+        if len(exp["name"]) > validation.MAX_EXPERIMENT_NAME_LENGTH:
+            raise ArchiveError(f"registry.json: experiment {eid}: its name is longer than MLflow's "
+                               f"{validation.MAX_EXPERIMENT_NAME_LENGTH} characters")
+        if not isinstance(exp.get("tags", {}), dict):
+            raise ArchiveError(f"registry.json: experiment {eid}: tags is not a table")
     names = set()
     for m in reg["models"]:
         if not isinstance(m, dict) or not isinstance(m.get("name"), str) or not m["name"]:
             raise ArchiveError("registry.json: a model has no name")
         name = m["name"]
+        if problem := _mlflow_refuses(validation._validate_model_name, name):
+            raise ArchiveError(f"registry.json: model {name[:80]!r} is refused by MLflow: {problem}")
+        if len(name) > MAX_MODEL_NAME_CHARS or _CONTROL.search(name):
+            raise ArchiveError(f"registry.json: model {name[:80]!r}: a name longer than {MAX_MODEL_NAME_CHARS} "
+                               "characters or holding control characters is refused")
         if name in names:
             raise ArchiveError(f"registry.json: model {name!r} appears twice")
         names.add(name)
+        _check_fields(f"model {name!r}", m)
+        aliases = m.get("aliases")
+        if aliases is not None and not isinstance(aliases, dict):
+            raise ArchiveError(f"registry.json: model {name!r}: aliases is not a table of alias to version")
         versions = m.get("versions")
         top = m.get("max_version")
         if not isinstance(versions, list) or not isinstance(top, int) or isinstance(top, bool):
@@ -185,13 +274,32 @@ def check_registry(reg: object, files: dict, limits: Limits | None = None) -> No
         listed = m.get("deleted_versions")
         if listed is not None and listed != [n for n in range(1, top + 1) if n not in numbers]:
             raise ArchiveError(f"registry.json: model {name!r}: deleted_versions does not match its versions")
-        for alias, ver in (m.get("aliases") or {}).items():
-            if str(ver) not in {str(n) for n in numbers}:
+        for alias, ver in (aliases or {}).items():
+            _check_alias(name, alias)
+            if isinstance(ver, bool) or not isinstance(ver, (int, str)) or str(ver) not in {str(n) for n in numbers}:
                 raise ArchiveError(f"registry.json: model {name!r}: alias {alias!r} points at v{ver}, not in the archive")
 
 
 def _check_version(name: str, v: dict, files: dict) -> None:
+    from mlflow.entities.model_registry.model_version_stages import ALL_STAGES
+    from mlflow.entities.model_registry.model_version_status import ModelVersionStatus
+
     label = f"{name} v{v['version']}"
+    _check_fields(label, v)
+    status = v.get("status")
+    statuses = [ModelVersionStatus.to_string(s) for s in ModelVersionStatus.all_status()]
+    if status is not None and status not in statuses:
+        raise ArchiveError(f"registry.json: {label}: status {_short(status)} is not one of MLflow's "
+                           f"({', '.join(statuses)})")
+    stage = v.get("stage")
+    if stage is not None and stage not in ALL_STAGES:
+        raise ArchiveError(f"registry.json: {label}: stage {_short(stage)} is not one of {', '.join(ALL_STAGES)}")
+    for key in ("status_message", "run_link", "source"):
+        if v.get(key) is not None and not isinstance(v[key], str):
+            raise ArchiveError(f"registry.json: {label}: {key} is not text")
+    valias = v.get("aliases")
+    if valias is not None and (not isinstance(valias, list) or not all(isinstance(a, str) for a in valias)):
+        raise ArchiveError(f"registry.json: {label}: aliases is not a list of names")
     src = v.get("source_info")
     if not isinstance(src, dict):
         raise ArchiveError(f"registry.json: {label} has no source_info")
@@ -239,13 +347,14 @@ def sha256_file(path: Path) -> str:
 
 
 def safe_name(name: str) -> bool:
-    """True for a relative, normalised POSIX path without ``..``, ``.``, backslashes or NULs."""
-    if not name or len(name) > MAX_NAME_CHARS or "\x00" in name or "\\" in name:
+    """True for a relative, normalised POSIX path without ``..``, ``.``, backslashes, control
+    characters (NUL, newline, ...) or a part longer than a file system allows."""
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME_CHARS or "\\" in name or _CONTROL.search(name):
         return False
-    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+    if name.startswith("/") or re.match(r"[A-Za-z]:", name):
         return False
     parts = name.split("/")
-    if any(p in ("", ".", "..") for p in parts):
+    if any(p in ("", ".", "..") or len(p.encode("utf-8", "surrogatepass")) > MAX_COMPONENT_BYTES for p in parts):
         return False
     return posixpath.normpath(name) == name
 
@@ -254,7 +363,7 @@ def _check_member(member: tarfile.TarInfo, files: dict) -> None:
     """Refuse anything but a listed regular file or a plain directory with a safe name."""
     name = member.name
     if not safe_name(name.rstrip("/") if member.isdir() else name):
-        raise ArchiveError(f"unsafe path in archive: {name!r} (absolute, '..' or not normalised)")
+        raise ArchiveError(f"unsafe path in archive: {name[:300]!r} ({_UNSAFE})")
     if member.issym() or member.islnk():
         raise ArchiveError(f"archive member {name!r} is a link ({member.linkname!r}); links are refused")
     if member.isdir():
@@ -285,13 +394,14 @@ def _parse_manifest(raw: bytes) -> dict:
         raise ArchiveError("manifest.json has no 'files' table")
     for name, meta in files.items():
         if not safe_name(name) or name == MANIFEST_NAME:
-            raise ArchiveError(f"unsafe path in manifest: {name!r}")
+            raise ArchiveError(f"unsafe path in manifest: {str(name)[:300]!r} ({_UNSAFE})")
         if (
             not isinstance(meta, dict)
             or not isinstance(meta.get("size"), int)
             or meta["size"] < 0
             or not isinstance(meta.get("sha256"), str)
-            or not _HEX64.match(meta["sha256"])
+            or isinstance(meta["size"], bool)
+            or not _HEX64.fullmatch(meta["sha256"])
         ):
             raise ArchiveError(f"manifest entry for {name!r} needs an integer size and a sha256")
     return manifest
@@ -308,6 +418,20 @@ def _check_path(path: Path) -> Path:
     if not path.is_file():
         raise ArchiveError(f"not a file: {path}")
     return path
+
+
+def parse_registry(raw: bytes) -> object:
+    """``registry.json`` as restore reads it: UTF-8 text (no byte-order mark) holding JSON."""
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise ArchiveError(f"{REGISTRY_NAME} starts with a byte-order mark; backup never writes one")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ArchiveError(f"{REGISTRY_NAME} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+    except RecursionError:
+        raise ArchiveError(f"{REGISTRY_NAME} is nested too deeply to be a registry backup") from None
+    except ValueError as exc:
+        raise ArchiveError(f"{REGISTRY_NAME} is not valid JSON: {exc}") from None
 
 
 def verify_archive(path: Path, on_file: Callable[[str], None] | None = None, limits: Limits | None = None) -> dict:
@@ -370,10 +494,7 @@ def verify_archive(path: Path, on_file: Callable[[str], None] | None = None, lim
     missing = sorted(set(files) - seen)
     if missing:
         raise ArchiveError(f"{len(missing)} file(s) listed in the manifest are missing from the archive, e.g. {missing[0]!r}")
-    try:
-        reg = json.loads(registry_raw)
-    except (TypeError, ValueError) as exc:
-        raise ArchiveError(f"{REGISTRY_NAME} is not valid JSON: {exc}") from None
+    reg = parse_registry(registry_raw)
     check_registry(reg, files, limits)
     return manifest
 
