@@ -28,14 +28,23 @@ def pytest_configure(config):
         config._mlops_numbers_file = Path(path)
 
 
+#: The longest groups, started first so that two test processes finish close together.
+_LONG_FIRST = ("lifecycle", "serving", "test_operations_doc.py", "test_drill.py", "reliability")
+
+
 def pytest_collection_modifyitems(config, items):
     """Under ``-n`` (pytest-xdist, ``--dist loadgroup``) each test module runs on one worker, and
-    each package of ``_SHARED_PACKAGES`` as a whole, so shared servers start once."""
+    each package of ``_SHARED_PACKAGES`` as a whole, so shared servers start once; the longest
+    groups come first (the order inside each group is kept)."""
     root = Path(__file__).resolve().parent
+    groups = {}
     for item in items:
         rel = item.path.resolve().relative_to(root)
         group = rel.parts[0] if rel.parts[0] in _SHARED_PACKAGES else str(rel)
         item.add_marker(pytest.mark.xdist_group(group))
+        groups[item] = group
+    rank = {g: i for i, g in enumerate(_LONG_FIRST)}
+    items.sort(key=lambda it: rank.get(groups[it], len(rank)))
 
 
 def record_number(section: str, text: str) -> None:
@@ -56,3 +65,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_sep("=", "reliability: measured numbers")
         for section, text in lines:
             terminalreporter.write_line(f"{section:<22} {text}")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_mlflow_uris():
+    """Each module starts and ends without a global MLflow tracking/registry URI.
+
+    ``mlflow.set_tracking_uri`` also exports ``MLFLOW_TRACKING_URI``: a module that calls it would
+    otherwise point the next module run by the same process (another xdist group) at its store.
+    """
+    yield
+    import mlflow
+    from mlflow.tracking._model_registry import utils as registry_utils
+
+    mlflow.set_tracking_uri(None)
+    registry_utils._registry_uri = None
+    for var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(var, None)
