@@ -62,6 +62,21 @@ def stall(port: int, data: bytes) -> socket.socket:
     return s
 
 
+def still_open(s: socket.socket) -> bool:
+    """True while the server has neither answered, closed nor reset ``s`` (nothing to read yet)."""
+    prior = s.gettimeout()
+    s.setblocking(False)  # a socket with a timeout would wait for data first
+    try:
+        s.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        s.settimeout(prior)
+    return False  # an answer (a 408) or the end of the connection
+
+
 def exchange(port: int, data: bytes, close_after_send: bool = False, timeout: float = 10) -> bytes:
     """Send raw bytes; everything the server answers until it closes (or ``timeout``)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
@@ -123,10 +138,9 @@ def test_stalled_clients_do_not_block_health_or_predictions(served):
     stalled = [stall(served.port, PARTIALS[i % len(PARTIALS)]) for i in range(WORKERS * THREADS - 2)]
     try:
         time.sleep(0.5)
-        t0 = time.monotonic()
         health, predictions = probe(served.url, body)
         assert (health, predictions) == (10, 10), (health, predictions)
-        assert time.monotonic() - t0 < READ_TIMEOUT_S, "answered only after the stalled clients were dropped"
+        assert all(still_open(s) for s in stalled), "answered only after the stalled clients were dropped"
     finally:
         for s in stalled:
             s.close()
@@ -151,10 +165,6 @@ def test_stalled_clients_are_dropped_after_the_read_deadline(served):
     finally:
         for s in stalled:
             s.close()
-    # The kernel may hand every connection to one worker: len/THREADS rounds of its threads, each
-    # bounded by the deadline (without it, the first round never ends).
-    rounds = -(-len(stalled) // THREADS)
-    assert time.monotonic() - t0 < rounds * (READ_TIMEOUT_S + 1) + 10
     for out in answers:
         if out:  # a stalled body is answered; stalled headers just see the connection closed
             status, payload = status_and_json(out)
