@@ -32,6 +32,7 @@ from mlflow.exceptions import MlflowException
 
 from mlops import archive, artifacts, config, registry
 from mlops.artifacts import ArtifactStoreError, DirectStore
+from mlops.registry import version_filter
 
 log = logging.getLogger(__name__)
 
@@ -179,17 +180,6 @@ def db_max_versions(backend_uri: str | None) -> dict[str, int] | None:
         if engine is not None:
             engine.dispose()
     return {str(name): int(v) for name, v in rows if v is not None}
-
-
-def version_filter(name: str) -> str:
-    """A ``search_model_versions`` filter matching ``name`` (with ``LIKE`` possibly more: keep the
-    exact matches). MLflow's filter strings have no escape: a name holding both quote characters
-    or a backslash is matched with ``_`` in their place."""
-    if "\\" not in name and "'" not in name:
-        return f"name = '{name}'"
-    if "\\" not in name and '"' not in name:
-        return f'name = "{name}"'
-    return "name LIKE '" + re.sub(r"['\"\\]", "_", name) + "'"
 
 
 def _search_versions(client: MlflowClient, name: str) -> list:

@@ -179,11 +179,7 @@ class ModelRuntime:
             exc.phase = "load"
             raise
         try:
-            if loaded.input_example is None:
-                if getattr(loaded.mlmodel, "saved_input_example_info", None):
-                    raise ModelLoadError(f"the input example of the model at {path} cannot be read")
-                loaded.input_example = _synthetic_example(loaded)
-            expected = smoke_test(loaded)
+            expected = smoke_test(loaded)  # also builds a synthetic example for models logged without one
             rt = cls(loaded, meta, loaded_from)
             rt._setup_native(expected)
             rt._smoke_own_paths()
@@ -422,24 +418,6 @@ def _sklearn_checks_on():
     import sklearn
 
     return sklearn.config_context(assume_finite=False)
-
-
-def _synthetic_example(loaded: LoadedModel):
-    """One row built from a column signature (0, "", False) for models logged without an input
-    example, so they can still be smoke-tested; None when there is no column signature."""
-    import pandas as pd
-
-    spec = InputSpec.from_signature(loaded.signature)
-    if spec is None:
-        return None
-    zero = {"double": 0.0, "float": 0.0, "long": 0, "integer": 0, "boolean": False, "string": "", "binary": b"",
-            "datetime": pd.Timestamp(0)}
-    frame = pd.DataFrame([[zero[s.type] for s in spec.specs]], columns=list(spec.columns))
-    for s in spec.specs:
-        if s.dtype is not None and s.type not in ("string", "binary", "datetime"):
-            frame[s.name] = frame[s.name].astype(s.dtype)
-    log.warning("model at %s has no input example: smoke-testing it on one synthetic row", loaded.path)
-    return frame
 
 
 def _parse_with_mlflow(body: bytes, kind: str, loaded: LoadedModel) -> ParsedInput:
