@@ -67,9 +67,17 @@ def _int(text: str) -> int:
     return int(value)
 
 
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``error: ...``, exit code 2 (bad input)."""
+
+    def error(self, message: str):
+        """Print one line (no usage block) and exit with EXIT_BAD_INPUT."""
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line parameters (the MLproject passes its parameters through here)."""
-    p = argparse.ArgumentParser(prog="train", description=__doc__.splitlines()[0])
+    p = Parser(prog="python -m training.train", description=__doc__.splitlines()[0])
     p.add_argument("--data", default=BUNDLED,
                    help="CSV/Parquet path, 'penguins' for the bundled penguins CSV (default: bundled breast-cancer set)")
     p.add_argument("--target", default="target", help="target column name")

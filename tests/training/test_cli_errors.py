@@ -1,0 +1,30 @@
+"""The training CLI's bad options: one `error:` line on stderr, exit code 2, no usage block."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from tests.helpers import ROOT, clean_env, run
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--bogus"], "unrecognized arguments: --bogus"),
+        (["--model", "nope"], "argument --model: invalid choice: 'nope'"),
+        (["--promote", "later"], "argument --promote: invalid choice: 'later'"),
+        (["--seed", "1.5"], "argument --seed: expected a whole number, got 1.5"),
+        (["--test-size", "2"], "--test-size must be between 0 and 1"),
+    ],
+)
+def test_bad_option_is_one_error_line_exit_2(tmp_path, args, message):
+    env = clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proc = run([sys.executable, "-m", "training.train", *args], env=env, cwd=ROOT, check=False)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ") and message in lines[0]
+    assert lines[0].endswith("(see python -m training.train --help)")
+    assert not (tmp_path / "mlflow.db").exists()  # nothing was opened, let alone registered
