@@ -62,8 +62,31 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class UsageLine(click.UsageError):
+    """A usage error shown as one line, ``error: ... (see 'mlops CMD --help')``, exit code 2."""
+
+    def show(self, file=None) -> None:
+        hint = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"error: {config.redact_uri(self.format_message())}{hint}", file=file, err=True)
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    """``exc`` (bad option, missing argument, invalid value ...) as a one-line usage error."""
+    if isinstance(exc, (UsageLine, click.exceptions.NoArgsIsHelpError)):
+        return exc  # a group called without a command shows its help, as click does
+    line = UsageLine(exc.format_message(), exc.ctx)
+    line.exit_code = exc.exit_code
+    return line
+
+
 class Group(click.Group):
     """Loads a command's module only when that command runs; known errors become one line."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
 
     def list_commands(self, ctx):
         from mlops.commands import COMMANDS
@@ -80,6 +103,8 @@ class Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
         except click.ClickException as exc:
             exc.message = config.redact_uri(exc.message)
             raise

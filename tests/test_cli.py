@@ -68,5 +68,23 @@ def test_failures_are_one_line_nonzero(store, args, message):
     assert proc.returncode != 0
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
-    if not message.startswith("Invalid value"):
-        assert len(proc.stderr.strip().splitlines()) == 1
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "args, command",
+    [
+        (["--bogus"], "mlops"),
+        (["no-such-command"], "mlops"),
+        (["status", "--nope"], "mlops status"),
+        (["promote"], "mlops promote"),
+        (["promote", "m", "1", "--stage", "Nope"], "mlops promote"),
+        (["stack", "no-such-command"], "mlops stack"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(args, command):
+    proc = mlops(*args)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    assert lines[0].endswith(f"(see '{command} --help')")
