@@ -167,6 +167,16 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                          {"WWW-Authenticate": "Bearer"})
         return None
 
+    def observe_prediction(endpoint: str, runtime, rows: int, fmt: str) -> None:
+        """Metrics and the log line of one answered prediction (every prediction route)."""
+        version = runtime.version
+        metrics.observe_rows(endpoint, version, rows)
+        log.info(
+            "Prediction made: %s v%s, %d row(s)", runtime.name, version, rows,
+            extra={"fields": {"request_id": g.rid, "endpoint": endpoint, "model_version": version,
+                              "rows": rows, "format": fmt, "ms": round((time.perf_counter() - g.t0) * 1000, 3)}},
+        )
+
     # -- predictions ------------------------------------------------------------------------------
 
     def predict(endpoint: str, with_meta: bool) -> Response:
@@ -187,13 +197,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
             if result.classes is not None:  # a classifier: its labels, and probabilities where it has them
                 payload["classes"] = result.classes
                 payload["probabilities"] = np.ascontiguousarray(result.proba) if result.proba is not None else None
-        metrics.observe_rows(endpoint, version, result.rows)
-        log.info(
-            "Prediction made: %s v%s, %d row(s)", runtime.name, version, result.rows,
-            extra={"fields": {"request_id": g.rid, "endpoint": endpoint, "model_version": version,
-                              "rows": result.rows, "format": parsed.fmt,
-                              "ms": round((time.perf_counter() - g.t0) * 1000, 3)}},
-        )
+        observe_prediction(endpoint, runtime, result.rows, parsed.fmt)
         return json_response(payload, 200, {"X-Model-Version": version})
 
     @app.post("/invocations")
@@ -288,6 +292,9 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         return json_response({"service": "prediction service", "model_name": settings.model_name,
                               "docs": "/openapi.json", "health": "/health"})
 
+    from serving import v2  # Open Inference Protocol (KServe V2) beside /invocations
+
+    v2.register(app, manager, settings, v2.Hooks(api_denied, read_body, observe_prediction))
     return app
 
 
