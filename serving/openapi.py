@@ -201,4 +201,131 @@ def build(runtime, settings) -> dict[str, Any]:
             },
         },
     }
+    v2_paths, v2_schemas = _v2(runtime, settings, security_predict, unauthorized)
+    doc["paths"].update(v2_paths)
+    doc["components"]["schemas"].update(v2_schemas)
     return doc
+
+
+# ------------------------------------------------------------------------------------------------
+# Open Inference Protocol (KServe V2, REST): serving/v2.py
+# ------------------------------------------------------------------------------------------------
+
+def _v2_error(description: str) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2Error"}}}}
+
+
+def _v2_json(description: str, schema: str, headers: dict | None = None) -> dict:
+    out = {"description": description, "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+    if headers:
+        out["headers"] = headers
+    return out
+
+
+def _v2(runtime, settings, security: list, unauthorized: dict) -> tuple[dict, dict]:
+    """The V2 paths and their schemas: model name (and version) from what is served."""
+    from serving import codecs_v2
+
+    spec = getattr(runtime, "spec", None) if runtime is not None else None
+    version = getattr(runtime, "version", None)
+    name_param = {"name": "name", "in": "path", "required": True, "description": "The served model's name",
+                  "schema": {"type": "string", "enum": [settings.model_name]}}
+    version_param = {"name": "version", "in": "path", "required": True,
+                     "description": "The served version (another one is a 404 naming the served one)",
+                     "schema": {"type": "string", **({"enum": [version]} if version else {})}}
+    unauth = {"401": _v2_error("API_TOKEN is set and the bearer token is missing or wrong")} if unauthorized else {}
+    not_ready = {"503": _v2_error("No model loaded yet")}
+    not_found = {"404": _v2_error("Unknown model name, or a version that is not the served one")}
+    infer_errors = {
+        "400": _v2_error("Malformed request: bad JSON, not an object, unknown or missing tensors, unknown datatype, "
+                         "shape and data length disagree, element types that do not fit the datatype or the signature"),
+        **unauth, **not_found,
+        "413": _v2_error("Body larger than MAX_BODY_BYTES"),
+        "415": _v2_error("Content-Type is not application/json"),
+        **not_ready,
+    }
+    version_header = {"X-Model-Version": {"schema": {"type": "string"}, "description": "Model version that answered"}}
+    paths: dict[str, Any] = {
+        "/v2": {"get": {
+            "summary": "V2 server metadata: name, version, extensions",
+            "responses": {"200": _v2_json("Server metadata", "V2ServerMetadata")},
+        }},
+        "/v2/health/live": {"get": {
+            "summary": "V2 server liveness (200 while the process answers)",
+            "responses": {"200": _v2_json("Live", "V2Live")},
+        }},
+        "/v2/health/ready": {"get": {
+            "summary": "V2 server readiness: 200 once the model is loaded",
+            "responses": {"200": _v2_json("Ready", "V2Ready"), "503": _v2_json("No model loaded yet", "V2Ready")},
+        }},
+    }
+    for prefix, params in (("/v2/models/{name}", [name_param]),
+                           ("/v2/models/{name}/versions/{version}", [name_param, version_param])):
+        paths[prefix] = {"get": {
+            "parameters": params,
+            "summary": "V2 model metadata: one input tensor per signature column, the outputs, datatypes and shapes",
+            "security": security,
+            "responses": {"200": _v2_json("Model metadata", "V2ModelMetadata"), **unauth, **not_found, **not_ready},
+        }}
+        paths[prefix + "/ready"] = {"get": {
+            "parameters": params,
+            "summary": "V2 model readiness",
+            "responses": {"200": _v2_json("Ready", "V2ModelReady"), **not_found,
+                          "503": _v2_json("No model loaded yet", "V2ModelReady")},
+        }}
+        paths[prefix + "/infer"] = {"post": {
+            "parameters": params,
+            "summary": ("V2 inference: a tensor per column (or one 2-D tensor); outputs predictions and probabilities; "
+                        "errors answer `{\"error\": \"...\"}` (every V2 route)"),
+            "security": security,
+            "requestBody": {"required": True, "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/V2InferenceRequest"}}}},
+            "responses": {"200": _v2_json("Inference response", "V2InferenceResponse", version_header), **infer_errors},
+        }}
+    names = [*spec.columns, codecs_v2.MATRIX_INPUT] if spec is not None else []
+    parameters = {"type": "object", "description": "Key/value pairs; MLflow params where the signature declares them",
+                  "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}}
+    tensor_data = {"type": "array", "description": "Elements in row-major order, flat or nested as the shape; null: a "
+                                                   "missing value", "items": {}}
+    shape = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}}
+    metadata_tensor = {"type": "object", "required": ["name", "datatype", "shape"], "properties": {
+        "name": {"type": "string"}, "datatype": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer"}},
+        "parameters": {"type": "object"}}}
+    schemas = {
+        "V2Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}},
+        "V2ServerMetadata": {"type": "object", "required": ["name", "version", "extensions"], "properties": {
+            "name": {"type": "string"}, "version": {"type": "string"},
+            "extensions": {"type": "array", "items": {"type": "string"}}}},
+        "V2Live": {"type": "object", "required": ["live"], "properties": {"live": {"type": "boolean"}}},
+        "V2Ready": {"type": "object", "required": ["ready"], "properties": {"ready": {"type": "boolean"},
+                                                                              "error": {"type": "string"}}},
+        "V2ModelReady": {"type": "object", "required": ["name", "ready"], "properties": {
+            "name": {"type": "string"}, "ready": {"type": "boolean"}, "error": {"type": "string"}}},
+        "V2ModelMetadata": {"type": "object", "required": ["name", "platform", "inputs", "outputs"], "properties": {
+            "name": {"type": "string"}, "versions": {"type": "array", "items": {"type": "string"}},
+            "platform": {"type": "string"}, "inputs": {"type": "array", "items": metadata_tensor},
+            "outputs": {"type": "array", "items": metadata_tensor}, "parameters": {"type": "object"}}},
+        "V2InferenceRequest": {"type": "object", "required": ["inputs"], "properties": {
+            "id": {"type": "string"},
+            "parameters": parameters,
+            "inputs": {"type": "array", "minItems": 1, "items": {
+                "type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
+                    "name": {"type": "string", **({"enum": names} if names else {})},
+                    "shape": shape,
+                    "datatype": {"type": "string", "enum": list(codecs_v2.DATATYPES)},
+                    "parameters": parameters,
+                    "data": tensor_data}}},
+            "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+                "name": {"type": "string", "enum": [codecs_v2.PREDICTIONS, codecs_v2.PROBABILITIES]},
+                "parameters": parameters}}},
+        }},
+        "V2InferenceResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
+            "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
+            "parameters": {"type": "object"},
+            "outputs": {"type": "array", "items": {"type": "object", "required": ["name", "shape", "datatype", "data"],
+                                                   "properties": {"name": {"type": "string"}, "shape": shape,
+                                                                  "datatype": {"type": "string"},
+                                                                  "parameters": {"type": "object"},
+                                                                  "data": tensor_data}}}}},
+    }
+    return paths, schemas
