@@ -33,6 +33,7 @@ import numpy as np
 
 from mlops.model_io import LoadedModel, ModelLoadError, load_local, smoke_test
 from serving import inputs
+from serving.compiled import CompiledPipeline, Unsupported
 from serving.inputs import InputError, InputSpec, ParsedInput
 
 log = logging.getLogger("serving.runtime")
@@ -163,7 +164,7 @@ class ModelRuntime:
         self.loaded_at = time.time()
         self.spec = InputSpec.from_signature(loaded.signature)
         self.native: NativePredictor | None = None
-        self.frame_native: FramePredictor | None = None
+        self.frame_native: FramePredictor | CompiledPipeline | None = None
         self.native_reason = "not a scikit-learn model"
         self.classes: list | None = None
         self.flavors = sorted(loaded.mlmodel.flavors)
@@ -204,9 +205,14 @@ class ModelRuntime:
 
     @property
     def fast_path(self) -> str:
-        """Which path predicts: ``native`` (one numpy array), ``frame`` (a typed DataFrame straight
-        to scikit-learn) or ``pyfunc``."""
-        return "native" if self.native is not None else "frame" if self.frame_native is not None else "pyfunc"
+        """Which path predicts: ``native`` (one numpy array), ``compiled`` (the pipeline compiled to
+        numpy, see serving.compiled), ``frame`` (a typed DataFrame straight to scikit-learn) or
+        ``pyfunc``."""
+        if self.native is not None:
+            return "native"
+        if self.frame_native is None:
+            return "pyfunc"
+        return "compiled" if isinstance(self.frame_native, CompiledPipeline) else "frame"
 
     def parse(self, body: bytes, kind: str) -> ParsedInput:
         """Validate a request body (``kind`` = json|csv) for this model's signature."""
@@ -292,26 +298,63 @@ class ModelRuntime:
         log.warning("%s v%s: using the pyfunc path (%s)", self.name, self.version, self.native_reason)
 
     def _setup_frame(self) -> None:
-        """Use the frame path if it equals pyfunc bit for bit on the example and its variants."""
+        """The compiled path if it equals scikit-learn bit for bit on the example, its variants and
+        generated rows; else the frame path if it equals pyfunc on the example and its variants."""
         sk = self.loaded.sklearn_model
-        frame_native = FramePredictor(sk)
         try:
             bodies = self._variant_bodies()
         except Exception as exc:  # noqa: BLE001 - any failure means: use pyfunc
-            bodies, why = [], f"cannot build rows from the input example: {_first_line(str(exc))}"
-        for body in bodies:
-            why = self._frame_differs(frame_native, body)
-            if why:
-                break
-        else:
-            if bodies:
-                self.frame_native = frame_native
-                self.native_reason = "ok (frame)"
+            self.native_reason = f"cannot build rows from the input example: {_first_line(str(exc))}"
+            log.warning("%s v%s: using the pyfunc path (%s)", self.name, self.version, self.native_reason)
+            return
+        candidates: list[tuple[str, Any]] = []
+        compiled_why = ""
+        try:
+            types = {s.name: s.type for s in self.spec.specs}
+            candidates.append(("compiled", CompiledPipeline.build(sk, types, self._example_frame())))
+        except Unsupported as exc:
+            compiled_why = f"not compiled: {exc}"
+        except Exception as exc:  # noqa: BLE001 - any failure means: try the next path
+            compiled_why = f"not compiled: {_first_line(str(exc))}"
+        candidates.append(("frame", FramePredictor(sk)))
+        for kind, predictor in candidates:
+            why = next((w for w in (self._frame_differs(predictor, b) for b in bodies) if w), None)
+            if why is None and kind == "compiled":
+                why = self._generated_differs(predictor)
+            if why is None:
+                self.frame_native = predictor
+                self.native_reason = "ok (compiled)" if kind == "compiled" else f"ok (frame; {compiled_why})"
+                log.info("%s v%s: prediction path %s", self.name, self.version, self.native_reason)
                 return
+            if kind == "compiled":
+                compiled_why = f"compiled path not exact: {why}"
+                log.info("%s v%s: %s", self.name, self.version, compiled_why)
         self.native_reason = why
         log.warning("%s v%s: using the pyfunc path (%s)", self.name, self.version, why)
 
-    def _frame_differs(self, frame_native: FramePredictor, body: bytes) -> str | None:
+    def _generated_differs(self, predictor: Any, n: int = 256) -> str | None:
+        """Compare with the pipeline itself on ``n`` generated rows: every known category, missing
+        and unseen values, numbers around the example's."""
+        rows = _generated_rows(self.spec, self._example_frame(), predictor, n, seed=int(self.version or 0))
+        body = _orjson_dumps({"dataframe_split": {"columns": list(self.spec.columns), "data": rows}})
+        try:
+            frame = inputs.parse(body, "json", self.spec, build_frame=True).frame
+        except InputError as exc:
+            return f"generated rows refused: {exc.message}"
+        sk = self.loaded.sklearn_model
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with _sklearn_checks_on():
+                ref_labels = sk.predict(frame.copy())
+                ref_proba = sk.predict_proba(frame.copy()) if hasattr(sk, "predict_proba") else None
+            labels, proba = predictor(frame.copy(), with_proba=True)
+        if not _same(labels, ref_labels):
+            return "predictions differ from scikit-learn on generated rows"
+        if ref_proba is not None and not _same(proba, ref_proba):
+            return "probabilities differ from scikit-learn on generated rows"
+        return None
+
+    def _frame_differs(self, frame_native: Any, body: bytes) -> str | None:
         """Why the frame path is not exact on ``body`` (None: equal to pyfunc, or both refuse it)."""
         try:
             frame = inputs.parse(body, "json", self.spec, build_frame=True).frame
@@ -332,6 +375,12 @@ class ModelRuntime:
             return "the frame path accepts rows pyfunc refuses"
         if not _same(labels, expected):
             return "frame predictions differ from pyfunc"
+        sk = self.loaded.sklearn_model
+        if proba is not None and hasattr(sk, "predict_proba"):
+            with warnings.catch_warnings(), _sklearn_checks_on():
+                warnings.simplefilter("ignore")
+                if not _same(proba, sk.predict_proba(frame.copy())):
+                    return "probabilities differ from scikit-learn"
         return None
 
     def _variant_bodies(self) -> list[bytes]:
@@ -447,6 +496,37 @@ def _parse_with_mlflow(body: bytes, kind: str, loaded: LoadedModel) -> ParsedInp
     if n == 0:
         raise InputError("EMPTY_INPUT", f"{fmt} holds no rows")
     return ParsedInput(None, parsed, params, n, fmt)
+
+
+def _generated_rows(spec: Any, example, predictor: Any, n: int, seed: int) -> list[list]:
+    """Rows of the signature's types: categories the compiled tables know plus unseen ones,
+    missing values in optional columns, numbers spread around the example's."""
+    rng = np.random.default_rng(seed)
+    known: dict[str, list] = {}
+    for block in getattr(predictor, "blocks", []):
+        for col, table in zip(getattr(block, "columns", []), getattr(block, "tables", []), strict=False):
+            known[col] = [k for k in table if isinstance(k, (str, bool))]
+    columns = []
+    for s in spec.specs:
+        base = example[s.name].dropna().tolist() if s.name in example.columns else []
+        if s.type == "string":
+            pool = [*known.get(s.name, []), *[str(v) for v in base], "unseen-generated"]
+            col = [pool[i] for i in rng.integers(0, len(pool), n)]
+        elif s.type == "boolean":
+            col = [bool(v) for v in rng.integers(0, 2, n)]
+        elif s.type in ("long", "integer"):
+            center = int(base[0]) if base else 0
+            col = [int(v) for v in center + rng.integers(-3, 4, n)]
+        elif s.type in ("double", "float"):
+            center = float(base[0]) if base else 0.0
+            spread = abs(center) * 0.5 + 1.0
+            col = [float(v) for v in center + rng.normal(0.0, spread, n)]
+        else:
+            col = [base[0] if base else None] * n
+        if not s.required:
+            col = [None if m else v for v, m in zip(col, rng.random(n) < 0.15, strict=True)]
+        columns.append(col)
+    return [list(r) for r in zip(*columns, strict=True)]
 
 
 def _strip(est: Any) -> Any:

@@ -104,10 +104,10 @@ ROW = st.tuples(ISLANDS, optional_float(25, 65), optional_float(12, 23), optiona
                 optional_float(2500, 6500), SEXES, st.integers(2005, 2011)).map(list)
 
 
-def test_the_penguins_model_takes_the_frame_fast_path(penguins):
+def test_the_penguins_model_takes_the_compiled_fast_path(penguins):
     client, manager, _ = penguins
     info = client.get("/api/model/info").get_json()
-    assert info["prediction_path"] == "frame" and info["fast_path"] is True, info["fast_path_reason"]
+    assert info["prediction_path"] == "compiled" and info["fast_path"] is True, info["fast_path_reason"]
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
