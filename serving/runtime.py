@@ -432,7 +432,11 @@ class ModelRuntime:
             return
         try:
             frame = self._example_frame()
-            body = _orjson_dumps({"dataframe_split": {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}})
+            try:
+                body = _orjson_dumps({"dataframe_split": {"columns": list(frame.columns), "data": frame.to_numpy().tolist()}})
+            except TypeError:  # values JSON cannot carry (bytes): requests for it reach MLflow's parser
+                log.info("%s v%s: the input example has no JSON form; serving path not smoke-tested", self.name, self.version)
+                return
             self.predict(self.parse(body, "json"), with_proba=True)
         except InputError as exc:
             raise ModelLoadError(f"the input example fails the serving path: {exc.message}") from None
