@@ -36,6 +36,7 @@ import numpy as np
 log = logging.getLogger("serving.compiled")
 
 UNSEEN = "\x00unseen-category\x00"  # a string no fitted encoder knows
+CHUNK_CELLS = 1 << 18  # rows x trees walked at once (a few MiB per index array)
 
 
 class Unsupported(Exception):
@@ -325,7 +326,15 @@ class _CompiledHGB:
         return out
 
     def raw(self, X: np.ndarray) -> np.ndarray:
+        """The summed leaf values, shape (rows, trees per iteration), in chunks of rows so a large
+        request never holds more than a few (chunk x trees) index arrays."""
         X = self._encode(np.asarray(X, dtype=np.float64))
+        step = max(1, CHUNK_CELLS // max(1, self.roots.size))
+        if X.shape[0] <= step:
+            return self._raw(X)
+        return np.asfortranarray(np.vstack([self._raw(X[i:i + step]) for i in range(0, X.shape[0], step)]))
+
+    def _raw(self, X: np.ndarray) -> np.ndarray:
         n = X.shape[0]
         idx = np.broadcast_to(self.roots, (n, self.roots.size)).copy()
         rows = np.arange(n)[:, None]
