@@ -283,6 +283,7 @@ def _v2(runtime, settings, security: list, unauthorized: dict) -> tuple[dict, di
             "responses": {"200": _v2_json("Inference response", "V2InferenceResponse", version_header), **infer_errors},
         }}
     names = [*spec.columns, codecs_v2.MATRIX_INPUT] if spec is not None else []
+    example = _v2_example(runtime)
     parameters = {"type": "object", "description": "Key/value pairs; MLflow params where the signature declares them",
                   "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}}
     tensor_data = {"type": "array", "description": "Elements in row-major order, flat or nested as the shape; null: a "
@@ -318,7 +319,7 @@ def _v2(runtime, settings, security: list, unauthorized: dict) -> tuple[dict, di
             "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
                 "name": {"type": "string", "enum": [codecs_v2.PREDICTIONS, codecs_v2.PROBABILITIES]},
                 "parameters": parameters}}},
-        }},
+        }, **({"example": example} if example else {})},
         "V2InferenceResponse": {"type": "object", "required": ["model_name", "outputs"], "properties": {
             "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
             "parameters": {"type": "object"},
@@ -329,3 +330,20 @@ def _v2(runtime, settings, security: list, unauthorized: dict) -> tuple[dict, di
                                                                   "data": tensor_data}}}}},
     }
     return paths, schemas
+
+
+def _v2_example(runtime) -> dict | None:
+    """A valid V2 request: the first row of the served model's input example, a tensor per column."""
+    spec = getattr(runtime, "spec", None) if runtime is not None else None
+    example = getattr(getattr(runtime, "loaded", None), "input_example", None)
+    if spec is None or example is None or not hasattr(example, "columns"):
+        return None
+    from serving import codecs_v2
+
+    try:
+        row = example[list(spec.columns)].head(1).astype(object)
+        row = row.where(row.notna(), None).to_numpy().tolist()[0]
+    except (KeyError, ValueError, TypeError):
+        return None
+    return {"inputs": [{"name": s.name, "shape": [1], "datatype": codecs_v2.METADATA_DATATYPE.get(s.type, "BYTES"),
+                        "data": [v.item() if hasattr(v, "item") else v]} for s, v in zip(spec.specs, row, strict=True)]}
