@@ -10,7 +10,8 @@ Trains the default model into a temporary store, then measures with `wrk` (Debia
   (c) the floor: scripts/bench_floor_app.py (JSON straight into numpy, sklearn predict,
       nothing else) under gunicorn with this service's worker settings,
 
-one server at a time, and prints requests/s, p50, p99 and the ratios. Then it measures a swap
+one server at a time, and prints requests/s, p50, p99 and the ratios. The same rows also go to
+(a) as Open Inference Protocol (V2) requests, `POST /v2/models/{name}/infer`, in the same run. Then it measures a swap
 under load: with wrk and a probing client running against this service, a new version is
 promoted; it reports the time until every response carries it and the failed requests.
 
@@ -74,20 +75,23 @@ def wrk(url: str, body: Path, connections: int, duration: float, lua: Path) -> d
     raise RuntimeError(f"wrk gave no result:\n{out.stdout}\n{out.stderr}")
 
 
-def measure(targets: dict[str, str], bodies: dict[int, Path], duration: float, rounds: int, lua: Path) -> dict:
-    """Every cell (rows x connections) for every target, interleaved round by round.
+def measure(targets: dict[str, str], bodies: dict[int, Path], duration: float, rounds: int, lua: Path,
+            target_bodies: dict[str, dict[int, Path]] | None = None) -> dict:
+    """Every cell (rows x connections) for every target, interleaved round by round
+    (``target_bodies``: a target's own bodies, e.g. the V2 tensors of the same rows).
 
     The machine is shared, so its load drifts: running the targets one after the other within each
     round, and keeping the median of the rounds, keeps that drift out of the ratios.
     """
     runs: dict = {name: {} for name in targets}
-    for rows, body in bodies.items():
-        for url in targets.values():
-            wrk(url, body, 8, 2, lua)  # warm-up
+    own = target_bodies or {}
+    for rows in bodies:
+        for name, url in targets.items():
+            wrk(url, own.get(name, bodies)[rows], 8, 2, lua)  # warm-up
         for conns in (1, 8):
             for rnd in range(rounds):
                 for name, url in targets.items():
-                    r = wrk(url, body, conns, duration, lua)
+                    r = wrk(url, own.get(name, bodies)[rows], conns, duration, lua)
                     runs[name].setdefault((rows, conns), []).append(r)
                     log(f"round {rnd + 1}/{rounds} {name:<7} rows={rows:<3} c={conns}: {r['rps']:8.1f} req/s  "
                         f"p50 {r['p50_us'] / 1000:7.2f} ms  p99 {r['p99_us'] / 1000:7.2f} ms  errors {r['errors']}")
@@ -108,6 +112,23 @@ def bodies_for(tmp: Path) -> dict[int, Path]:
         path = tmp / f"body-{n}.json"
         df = frame.head(n)
         path.write_text(json.dumps({"dataframe_split": {"columns": list(df.columns), "data": df.to_numpy().tolist()}}))
+        out[n] = path
+    return out
+
+
+def v2_bodies_for(tmp: Path) -> dict[int, Path]:
+    """The rows of bodies_for as V2 inference requests: one FP64 tensor per column, asking for the
+    predictions only (what /invocations answers)."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame.drop(columns=["target"])
+    out = {}
+    for n in (1, 100):
+        path = tmp / f"v2-body-{n}.json"
+        df = frame.head(n)
+        path.write_text(json.dumps({
+            "inputs": [{"name": c, "shape": [n], "datatype": "FP64", "data": df[c].tolist()} for c in df.columns],
+            "outputs": [{"name": "predictions"}]}))
         out[n] = path
     return out
 
@@ -279,6 +300,7 @@ def main() -> int:
                         MODEL_CACHE_DIR=tmp / "models", LOG_DIR=tmp / "logs")
         services.append(start([str(BIN / "mlops"), "serve"], env, tmp / "serving.log", f"http://127.0.0.1:{port}/ready"))
         targets["service"] = f"http://127.0.0.1:{port}/invocations"
+        targets["v2"] = f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer"  # same service, same rows
 
         # (b) mlflow models serve, same worker count
         port = free_port()
@@ -298,13 +320,14 @@ def main() -> int:
         targets["floor"] = f"http://127.0.0.1:{port}/invocations"
 
         log(f"all three up; {args.rounds} interleaved rounds of {args.duration:.0f} s per cell")
-        results = measure(targets, bodies, args.duration, args.rounds, lua)
+        results = measure(targets, bodies, args.duration, args.rounds, lua, {"v2": v2_bodies_for(tmp)})
         for svc in services:
             svc.stop()
         services.clear()
 
         swap = None if args.skip_swap else swap_under_load(uri, tmp, w, bodies, lua)
         report(results, swap, w, args.duration, args.rounds)
+        report_v2(results)
         if penguins is not None:
             report_penguins(penguins, results, w, args.duration, args.rounds)
     finally:
@@ -345,6 +368,24 @@ def report(results: dict, swap: dict | None, workers: int, duration: float, roun
               f"{swap['workers_on_new']:.0f}/{swap['workers']}")
         print(f"  failed requests: {swap['wrk_failed'] + swap['probe_failed']} "
               f"of {swap['wrk_requests'] + swap['probe_requests']} (target: <= 2 s, 0 failed)")
+
+
+def report_v2(results: dict) -> None:
+    """V2 infer (a tensor per column) vs /invocations (dataframe_split) of the same service, same rows."""
+    print()
+    print("Open Inference Protocol: POST /v2/models/{name}/infer (one FP64 tensor per column, outputs: predictions) "
+          "vs POST /invocations, same service, same rows, same run")
+    head = (f"{'rows':>4} {'conns':>5} | {'v2 req/s':>9} {'p50 ms':>7} {'p99 ms':>7} | {'invocations req/s':>17} "
+            f"{'p50 ms':>7} {'p99 ms':>7} | {'v2 / invocations':>16}")
+    print(head)
+    print("-" * len(head))
+    for rows in (1, 100):
+        for conns in (1, 8):
+            v, s = results["v2"][(rows, conns)], results["service"][(rows, conns)]
+            print(f"{rows:>4} {conns:>5} | {v['rps']:>9.1f} {v['p50_us'] / 1e3:>7.2f} {v['p99_us'] / 1e3:>7.2f} | "
+                  f"{s['rps']:>17.1f} {s['p50_us'] / 1e3:>7.2f} {s['p99_us'] / 1e3:>7.2f} | {v['rps'] / s['rps']:>15.2f}x")
+    print(f"errors (socket + non-2xx): v2 {sum(r['errors'] for r in results['v2'].values())}")
+    print("target: v2 >= 0.9x /invocations in every cell")
 
 
 def report_penguins(results: dict, numeric: dict | None, workers: int, duration: float, rounds: int) -> None:
