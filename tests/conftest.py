@@ -34,13 +34,15 @@ _LONG_FIRST = ("lifecycle", "serving", "test_operations_doc.py", "test_drill.py"
 
 def pytest_collection_modifyitems(config, items):
     """Under ``-n`` (pytest-xdist, ``--dist loadgroup``) each test module runs on one worker, and
-    each package of ``_SHARED_PACKAGES`` as a whole, so shared servers start once; the longest
-    groups come first (the order inside each group is kept)."""
+    each package of ``_SHARED_PACKAGES`` as a whole, so shared servers start once (a module there
+    that uses none of them says ``OWN_GROUP = True`` and runs apart); the longest groups come
+    first (the order inside each group is kept)."""
     root = Path(__file__).resolve().parent
     groups = {}
     for item in items:
         rel = item.path.resolve().relative_to(root)
-        group = rel.parts[0] if rel.parts[0] in _SHARED_PACKAGES else str(rel)
+        shared = rel.parts[0] in _SHARED_PACKAGES and not getattr(item.module, "OWN_GROUP", False)
+        group = rel.parts[0] if shared else str(rel)
         item.add_marker(pytest.mark.xdist_group(group))
         groups[item] = group
     rank = {g: i for i, g in enumerate(_LONG_FIRST)}
