@@ -37,6 +37,43 @@ that ends early (`INCOMPLETE_BODY`) or does not arrive within `READ_TIMEOUT_S` (
 """
 
 
+COMPATIBILITY = """
+## Compatibility with `mlflow models serve`
+
+By default `POST /invocations`, `GET /ping` and `GET /version` answer as `mlflow models serve`
+3.17.2 does, request for request: the same status, the same `error_code` (`BAD_REQUEST`,
+`INVALID_PARAMETER_VALUE`) and the same predictions. Extra columns are ignored, an extra top-level key
+next to the format key is dropped, numeric strings such as `"17.99"` are converted, Parquet bodies
+(`application/vnd.apache.parquet`) are scored, a `dataframe_split` whose `index` length differs from
+`data` is refused, CSV is read exactly as MLflow reads it (UTF-8 BOM, a row with one value more than
+the header, `True` in a double column). Clean requests take the fast paths; anything else is answered
+by MLflow's own scoring function on the loaded model. Where this service explains a refusal better,
+the status and `error_code` stay MLflow's, the clearer explanation is in `message` and MLflow's own
+in `mlflow_message`. `tests/serving/test_mlflow_parity.py` sends every HTTP-level case of MLflow's
+`tests/pyfunc/test_scoring_server.py` and `tests/pyfunc/test_pyfunc_schema_enforcement.py` to both
+servers serving the same registered version and compares the answers.
+
+`STRICT_INPUT=true` keeps the stricter validation of earlier releases on `/invocations`: unknown
+columns (`UNKNOWN_COLUMNS`) and top-level keys are refused, and errors carry this service's own codes
+(`MISSING_COLUMNS`, `INVALID_VALUE_TYPE`, `MISSING_VALUE`, ...). `POST /api/predict` (this service's
+own endpoint) always validates that way.
+
+### Differences from `mlflow models serve`
+
+| difference | why | parity case |
+|---|---|---|
+| no `stack_trace` in any error body | a traceback helps an attacker more than a client; the message names the field and the service log has the rest | every error case |
+| a missing `Content-Type` is 415 `UNSUPPORTED_MEDIA_TYPE` (MLflow: 500) | it is a client mistake, never a server error | `issue14_missing_content_type` |
+| `charset=utf8` is accepted (MLflow accepts only the spelling `utf-8`: 415) | it names the same encoding | `issue14_charset_utf8_without_dash` |
+| media types are case-insensitive: `Application/JSON` is scored (MLflow: 415) | RFC 9110 says media types are case-insensitive | `issue14_uppercase_media_type` |
+| an optional column of the signature left out is a missing value, as a `null` is (MLflow passes the frame without it and the pipeline fails: 400 `BAD_REQUEST`) | the signature says the column is optional | `issue14_optional_column_left_out` |
+| more columns than `MAX_COLUMNS` (default 2048) are 400 `TOO_MANY_COLUMNS` (MLflow ignores any number of extra columns) | a huge header must not cost the service its time | `issue14_too_many_columns` |
+| bodies above `MAX_BODY_BYTES` are 413 `PAYLOAD_TOO_LARGE` (MLflow has no limit) | memory and time per request stay bounded | `tests/serving/test_service.py` |
+| where MLflow answers 5xx to input it cannot use, 400 `BAD_REQUEST` | bad input is never a server error | - |
+| `GET /ping` answers a JSON object (`ready`, model name and version) where MLflow answers `"\\n"`; the status is the same, and 503 until a model is loaded | clients check the status; the body says what is served | `test_scoring_server_client[ping]` |
+"""
+
+
 def local_spec() -> dict:
     """The OpenAPI document as the service builds it with no model loaded."""
     from serving.openapi import build
@@ -67,7 +104,7 @@ def render(spec: dict) -> str:
                 headers = resp.get("headers", {})
                 extra = f" (headers: {', '.join(f'`{h}`' for h in headers)})" if headers else ""
                 out.append(f"| {status} | {resp.get('description', '')}{extra} | {types} |")
-    return "\n".join(out) + "\n"
+    return "\n".join(out) + "\n" + COMPATIBILITY
 
 
 def main() -> int:

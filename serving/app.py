@@ -26,7 +26,7 @@ from gunicorn.http.errors import (
 )
 from werkzeug.exceptions import ClientDisconnected, HTTPException
 
-from serving import inputs, openapi
+from serving import compat, inputs, openapi
 from serving import logs as service_logs
 from serving.inputs import InputError
 from serving.manager import ModelManager, iso
@@ -50,6 +50,8 @@ _HTTP_CODES = {
     414: "URI_TOO_LONG", 415: "UNSUPPORTED_MEDIA_TYPE", 431: "HEADERS_TOO_LARGE",
 }
 _DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
+#: Refusals that protect the service: kept even where MLflow's scoring server would accept.
+_OWN_LIMITS = frozenset({"TOO_MANY_COLUMNS", "PAYLOAD_TOO_LARGE"})
 
 
 def create_app(settings: Settings | None = None, manager: ModelManager | None = None) -> Flask:
@@ -62,6 +64,7 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
     app = Flask("serving")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     inputs.set_max_columns(settings.max_columns)
+    inputs.set_strict(settings.strict_input)
     app.json.sort_keys = False
     app.extensions[EXTENSION] = manager
     api_token = settings.api_token.encode() if settings.api_token else None
@@ -186,9 +189,25 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
         runtime = manager.current
         if runtime is None:
             return error("MODEL_NOT_READY", "no model loaded yet; see /health", 503, {"Retry-After": "1"})
-        kind = inputs.media_type(request.headers.get("Content-Type"))
-        parsed = runtime.parse(read_body(), kind)
-        result = runtime.predict(parsed, with_proba=with_meta)
+        content_type = request.headers.get("Content-Type")
+        kind = inputs.media_type(content_type)
+        body = read_body()
+        # /invocations answers as `mlflow models serve` unless STRICT_INPUT is set: what the own
+        # validation accepts takes the fast path; everything else gets MLflow's own answer.
+        as_mlflow = endpoint == "/invocations" and not settings.strict_input
+        if kind == "parquet":
+            if endpoint != "/invocations":
+                raise InputError("UNSUPPORTED_MEDIA_TYPE", "Parquet bodies are accepted on /invocations", 415)
+            return answer_as_mlflow(endpoint, runtime, body, content_type, None)
+        if as_mlflow and not runtime.fast:
+            return answer_as_mlflow(endpoint, runtime, body, content_type, None)
+        try:
+            parsed = runtime.parse(body, kind)
+            result = runtime.predict(parsed, with_proba=with_meta)
+        except InputError as exc:
+            if not as_mlflow or exc.code in _OWN_LIMITS:
+                raise
+            return answer_as_mlflow(endpoint, runtime, body, content_type, exc)
         version = runtime.version
         payload = {"predictions": _labels(result.labels)}
         if with_meta:
@@ -199,6 +218,23 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
                 payload["probabilities"] = np.ascontiguousarray(result.proba) if result.proba is not None else None
         observe_prediction(endpoint, runtime, result.rows, parsed.fmt)
         return json_response(payload, 200, {"X-Model-Version": version})
+
+    def answer_as_mlflow(endpoint: str, runtime, body: bytes, content_type: str,
+                         clearer: InputError | None) -> Response:
+        """MLflow's own answer (``serving.compat``), with this service's headers, metrics and log."""
+        answer = compat.invoke(runtime.loaded.pyfunc, body, content_type, clearer)
+        version = runtime.version
+        if not answer.ok:
+            return Response(answer.body, status=answer.status, mimetype="application/json")
+        rows = _rows_of(answer.body)
+        metrics.observe_rows(endpoint, version, rows)
+        log.info(
+            "Prediction made: %s v%s, %d row(s)", runtime.name, version, rows,
+            extra={"fields": {"request_id": g.rid, "endpoint": endpoint, "model_version": version,
+                              "rows": rows, "format": "mlflow",
+                              "ms": round((time.perf_counter() - g.t0) * 1000, 3)}},
+        )
+        return Response(answer.body, status=200, mimetype="application/json", headers={"X-Model-Version": version})
 
     @app.post("/invocations")
     def invocations():
@@ -213,6 +249,13 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
     @app.get("/health")
     def health():
         return json_response(manager.health())
+
+    @app.get("/version")
+    def mlflow_version():
+        """The MLflow version, as ``mlflow models serve`` answers it (its client reads the text)."""
+        from mlflow.version import VERSION
+
+        return Response(VERSION, status=200, mimetype="application/json")
 
     @app.get("/ready")
     @app.get("/ping")
@@ -305,6 +348,17 @@ class BodyError(InputError):
 def _first_line(exc: Exception) -> str:
     text = str(exc).strip().splitlines()
     return text[0][:200] if text else type(exc).__name__
+
+
+def _rows_of(body: bytes) -> int:
+    """How many predictions an MLflow answer holds (1 for anything but a list)."""
+    try:
+        preds = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return 1
+    if isinstance(preds, dict):
+        preds = preds.get("predictions")
+    return len(preds) if isinstance(preds, list) else 1
 
 
 def _labels(labels):

@@ -25,6 +25,7 @@ FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 PARAMS_KEY = "params"
 JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv",)
+PARQUET_TYPES = ("application/vnd.apache.parquet",)
 
 # JSON value types accepted for each signature type (bool is not a number here).
 _ALLOWED = {
@@ -41,6 +42,21 @@ _NUMERIC = ("double", "float", "long", "integer", "boolean")
 
 #: The cap on the columns a request may name (CSV header, dataframe_split columns, record keys).
 _limits = {"max_columns": DEFAULT_MAX_COLUMNS}
+#: False (STRICT_INPUT off, the default): shapes that MLflow's scoring server reads differently from
+#: this validation (positional rows, one row given as scalars) are refused here, so that the caller
+#: answers them with MLflow's own parser.
+_mode = {"strict": False}
+
+
+def set_strict(strict: bool) -> None:
+    """Set the process-wide input mode (the service's ``STRICT_INPUT`` setting)."""
+    _mode["strict"] = bool(strict)
+
+
+def _mlflow_reads_it_differently(what: str) -> None:
+    """InputError for a shape only this validation reads (nothing in strict mode)."""
+    if not _mode["strict"]:
+        raise InputError("INVALID_INPUT_FORMAT", what)
 
 
 def set_max_columns(limit: int) -> None:
@@ -152,7 +168,7 @@ class ParsedInput:
 # ------------------------------------------------------------------------------------------------
 
 def media_type(content_type: str | None) -> str:
-    """``json`` or ``csv``; InputError 415 for anything else (or a charset other than UTF-8)."""
+    """``json``, ``csv`` or ``parquet``; InputError 415 for anything else (or a charset other than UTF-8)."""
     if not content_type:
         raise InputError(
             "UNSUPPORTED_MEDIA_TYPE",
@@ -172,9 +188,11 @@ def media_type(content_type: str | None) -> str:
         return "json"
     if mime in CSV_TYPES:
         return "csv"
+    if mime in PARQUET_TYPES:
+        return "parquet"
     raise InputError(
         "UNSUPPORTED_MEDIA_TYPE",
-        f"unsupported Content-Type '{parts[0]}': send application/json or text/csv",
+        f"unsupported Content-Type '{parts[0]}': send application/json, text/csv or application/vnd.apache.parquet",
         415,
     )
 
@@ -261,6 +279,11 @@ def _split_rows(data: Any, spec: InputSpec) -> list:
     _check_width(len(columns), spec, "dataframe_split columns")
     if not isinstance(rows, list):
         raise InputError("INVALID_INPUT_FORMAT", f"dataframe_split data must be a list of rows, got a {_jtype(rows)}")
+    index = data.get("index")
+    if "index" in data and (not isinstance(index, list) or len(index) != len(rows)):
+        got = f"{len(index)} entries" if isinstance(index, list) else f"a {_jtype(index)}"
+        raise InputError("INVALID_INPUT_FORMAT",
+                         f"dataframe_split index has {got} but data has {len(rows)} rows")
     _check_rows_shape(rows, len(columns), "dataframe_split")
     if tuple(columns) == spec.columns:
         return rows
@@ -338,6 +361,8 @@ def _tf_rows(data: Any, spec: InputSpec, fmt: str) -> list:
         raise InputError("INVALID_INPUT_FORMAT", f"{fmt} must be a list of rows/records or an object of columns, got a {_jtype(data)}")
     if data and isinstance(data[0], dict):
         return _records_rows(data, spec, fmt)
+    _mlflow_reads_it_differently(f"{fmt}: rows without column names; send records or an object of columns "
+                                 f"({', '.join(spec.columns[:3])}{', ...' if len(spec.columns) > 3 else ''})")
     _check_rows_shape(data, len(spec.columns), fmt)
     return data
 
@@ -347,6 +372,7 @@ def _columnar_rows(data: dict, spec: InputSpec, fmt: str) -> list:
     _check_column_names(set(data), spec)
     values = [data.get(c) for c in spec.columns]
     if all(not isinstance(v, list) for v in values):
+        _mlflow_reads_it_differently(f"{fmt}: one row given as scalars; give each column a list of values")
         return [values]  # a single row given as {column: value}
     lengths = {len(v) for v in values if isinstance(v, list)}
     if len(lengths) != 1 or not all(isinstance(v, list) or v is None for v in values):

@@ -89,6 +89,19 @@ def build(runtime, settings) -> dict[str, Any]:
         "415": _error("Content-Type is not application/json or text/csv"),
         "503": _error("No model loaded yet"),
     }
+    invocations_body = {
+        "required": True,
+        "content": {**request_body["content"],
+                    "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}}},
+    }
+    invocations_errors = {
+        **prediction_errors,
+        "400": _error("Refused as `mlflow models serve` refuses it, with its error_code (BAD_REQUEST or "
+                      "INVALID_PARAMETER_VALUE) and a message naming the field; with STRICT_INPUT=true, also "
+                      "unknown columns and top-level keys (this service's own codes)"),
+        "415": _error("Content-Type is not application/json, text/csv or application/vnd.apache.parquet, "
+                      "or a charset other than UTF-8"),
+    }
     version_header = {"X-Model-Version": {"schema": {"type": "string"}, "description": "Model version that answered"}}
     security_predict = [{"bearerAuth": []}] if settings.api_token else []
     unauthorized = {"401": _error("API_TOKEN is set and the bearer token is missing or wrong")} if settings.api_token else {}
@@ -130,10 +143,20 @@ def build(runtime, settings) -> dict[str, Any]:
             "/invocations": {"post": {
                 "summary": "MLflow scoring protocol (same answers as `mlflow models serve`)",
                 "security": security_predict,
-                "requestBody": request_body,
+                "requestBody": invocations_body,
                 "responses": {"200": {"description": "Predictions", "headers": version_header,
                                       "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Predictions"}}}},
-                              **prediction_errors},
+                              **invocations_errors},
+            }},
+            "/ping": {"get": {
+                "summary": "Health check of `mlflow models serve` (the same as /ready)",
+                "responses": {"200": {"description": "Ready", "content": {"application/json": {"schema": {"type": "object"}}}},
+                              "503": _error("No model loaded yet")},
+            }},
+            "/version": {"get": {
+                "summary": "The MLflow version, as `mlflow models serve` answers it (MLflow's client reads it)",
+                "responses": {"200": {"description": "MLflow version (text)",
+                                      "content": {"application/json": {"schema": {"type": "string"}}}}},
             }},
             "/api/model/reload": {"post": {
                 "summary": "Check the registry now and swap if the selection changed (admin)",

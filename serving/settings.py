@@ -51,6 +51,9 @@ class Settings:
     registry_timeout_s: float = 5.0
     retry_failed_after_s: float = 60.0
     keep_loaded_versions: int = 2
+    #: True: refuse unknown columns and top-level keys with this service's own error codes (the
+    #: behaviour before MLflow parity); False (default): answer /invocations as `mlflow models serve`
+    strict_input: bool = False
 
     @property
     def selector(self) -> str:
@@ -116,6 +119,7 @@ class Settings:
             registry_timeout_s=number("REGISTRY_TIMEOUT_S", float, 5.0, 0.1, 600),
             retry_failed_after_s=number("RETRY_FAILED_AFTER_S", float, 60.0, 0, 86400),
             keep_loaded_versions=number("KEEP_LOADED_VERSIONS", int, 2, 1, 20),
+            strict_input=_flag("STRICT_INPUT", get("STRICT_INPUT"), False),
         )
 
     def __repr__(self) -> str:
@@ -135,7 +139,23 @@ class Settings:
             "max_columns": self.max_columns,
             "api_token_required": bool(self.api_token),
             "admin_token_configured": bool(self.admin_token),
+            "strict_input": self.strict_input,
         }
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def _flag(name: str, raw: str | None, default: bool) -> bool:
+    """A boolean variable (true/false, 1/0, yes/no, on/off); SettingsError for anything else."""
+    if raw is None:
+        return default
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
 def _normalize_stage(stage: str) -> str:

@@ -25,5 +25,5 @@ def test_api_doc_lists_every_contract_endpoint():
     text = (ROOT / "docs" / "api.md").read_text()
     for method, path in [("GET", "/health"), ("GET", "/ready"), ("GET", "/api/model/info"),
                          ("POST", "/api/predict"), ("POST", "/invocations"), ("POST", "/api/model/reload"),
-                         ("GET", "/metrics"), ("GET", "/openapi.json")]:
+                         ("GET", "/metrics"), ("GET", "/openapi.json"), ("GET", "/ping"), ("GET", "/version")]:
         assert f"## `{method} {path}`" in text

@@ -19,6 +19,15 @@ COLS = ["mean radius", "mean texture", "worst area"]
 ROWS = [[17.99, 10.38, 2019.0], [20.57, 17.77, 1956.0], [11.42, 20.38, 567.7]]
 
 
+@pytest.fixture(autouse=True)
+def strict_validation():
+    """Most tests here describe the validator itself: STRICT_INPUT on (the default-mode extras are
+    tested at the end)."""
+    inputs.set_strict(True)
+    yield
+    inputs.set_strict(False)
+
+
 def spec(types=("double",) * 3, required=(True,) * 3, params=None) -> InputSpec:
     schema = Schema([ColSpec(t, c, required=r) for t, c, r in zip(types, COLS, required, strict=True)])
     return InputSpec.from_signature(ModelSignature(inputs=schema, params=params))
@@ -165,7 +174,7 @@ def test_mixed_types_take_the_frame_path():
 @pytest.mark.parametrize(
     ("ctype", "expected"),
     [("application/json", "json"), ("application/json; charset=utf-8", "json"), ("text/csv", "csv"),
-     ("APPLICATION/JSON", "json")],
+     ("APPLICATION/JSON", "json"), ("application/vnd.apache.parquet", "parquet")],
 )
 def test_media_types(ctype, expected):
     assert inputs.media_type(ctype) == expected
@@ -358,3 +367,30 @@ def test_settings_limits_and_worker_model():
     for env in ({"MAX_COLUMNS": "0"}, {"THREADS": "0"}, {"READ_TIMEOUT_S": "0"}, {"THREADS": "many"}):
         with pytest.raises(SettingsError, match=next(iter(env))):
             Settings.from_env(env)
+
+
+# -- STRICT_INPUT off (the default): shapes MLflow reads differently are left to MLflow -----------
+
+@pytest.mark.parametrize("payload", [
+    {"instances": ROWS},                        # positional rows: MLflow refuses them for named columns
+    {"inputs": ROWS},
+    {"inputs": dict(zip(COLS, ROWS[0], strict=True))},  # one row of scalars: MLflow cannot frame it
+], ids=["instances-rows", "inputs-rows", "inputs-scalars"])
+def test_default_mode_refuses_shapes_mlflow_reads_differently(payload):
+    inputs.set_strict(False)
+    with pytest.raises(InputError) as err:
+        inputs.parse(body(payload), "json", spec())
+    assert err.value.code == "INVALID_INPUT_FORMAT" and err.value.status == 400
+    inputs.set_strict(True)
+    assert inputs.parse(body(payload), "json", spec()).rows >= 1
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_an_index_of_another_length_than_data_is_refused(strict):
+    inputs.set_strict(strict)
+    split = {"columns": COLS, "data": ROWS}
+    assert inputs.parse(body({"dataframe_split": {**split, "index": list(range(len(ROWS)))}}), "json", spec()).rows
+    for index in ([0], "0", None):
+        with pytest.raises(InputError) as err:
+            inputs.parse(body({"dataframe_split": {**split, "index": index}}), "json", spec())
+        assert "index" in err.value.message and err.value.status == 400

@@ -159,8 +159,9 @@ def test_integers_in_double_columns_are_taken_as_doubles(penguins):
     (["Dream", 40.0, 18.0, 190.0, 3500.0, True, 2009], "INVALID_VALUE_TYPE", "sex"),
 ])
 def test_a_bad_value_is_a_400_naming_its_column(penguins, row, code, column):
+    """/api/predict validates strictly (/invocations answers these as MLflow does: the parity suite)."""
     client, _, _ = penguins
-    resp = client.post("/invocations", json={"dataframe_split": {"columns": COLUMNS, "data": [row]}})
+    resp = client.post("/api/predict", json={"dataframe_split": {"columns": COLUMNS, "data": [row]}})
     body = resp.get_json()
     assert resp.status_code == 400 and body["error_code"] == code and f"'{column}'" in body["message"], body
 
