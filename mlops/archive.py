@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from mlops.errors import Refused
 from mlops.registry import RegistryError
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ EXPERIMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 GiB = 1024**3
 
 
-class ArchiveError(RegistryError):
+class ArchiveError(RegistryError, Refused):
     """The archive is missing, damaged, tampered with or unsafe; the message says which."""
 
 

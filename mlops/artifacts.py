@@ -21,13 +21,15 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from mlops.errors import MlopsError
+
 log = logging.getLogger(__name__)
 
 PROXY_PATH = "/api/2.0/mlflow-artifacts/artifacts"
 PROBE_DIR = "mlops-probe"
 
 
-class ArtifactStoreError(RuntimeError):
+class ArtifactStoreError(MlopsError, RuntimeError):
     """The artifact destination cannot be used (one readable line)."""
 
 

@@ -15,6 +15,7 @@ import sys
 import click
 
 from mlops import config
+from mlops.errors import MlopsError
 
 TRACKING_HELP = "Tracking server or store URI (default: $MLFLOW_TRACKING_URI, else the embedded mlruns/ store)."
 
@@ -39,16 +40,6 @@ def fail(message: str, code: int = 1):
     """Print one line to stderr (passwords in URIs redacted) and exit non-zero."""
     click.echo(f"error: {config.redact_uri(message)}", err=True)
     sys.exit(code)
-
-
-def _is_operational(exc: Exception) -> bool:
-    """A RegistryError/ModelLoadError (their modules are loaded if one was raised): message as is."""
-    known = []
-    for module, name in (("mlops.registry", "RegistryError"), ("mlops.model_io", "ModelLoadError")):
-        mod = sys.modules.get(module)
-        if mod is not None:
-            known.append(getattr(mod, name))
-    return bool(known) and isinstance(exc, tuple(known))
 
 
 class RedactingFilter(logging.Filter):
@@ -116,9 +107,9 @@ class Group(click.Group):
             raise
         except KeyboardInterrupt:
             fail("interrupted", 130)
+        except MlopsError as exc:  # an operator error: its message as is
+            fail(str(exc), exc.exit_code)
         except Exception as exc:  # noqa: BLE001 - last resort: one line, details with MLOPS_DEBUG=1
-            if _is_operational(exc):
-                fail(str(exc))
             if os.environ.get("MLOPS_DEBUG"):
                 raise
             msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__

@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mlops.errors import MlopsError
+
 log = logging.getLogger(__name__)
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(MlopsError, RuntimeError):
     """A model version could not be downloaded, loaded or smoke-tested."""
 
 

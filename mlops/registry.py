@@ -21,7 +21,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from mlops import config
+from mlops import config, errors
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,16 @@ HISTORY_MAX_CHARS = 4800  # registered-model tag values are VARCHAR(5000) on SQL
 REASON_MAX_CHARS = 300
 
 
-class RegistryError(RuntimeError):
+class RegistryError(errors.MlopsError, RuntimeError):
     """A registry operation that cannot proceed; the message is one readable line."""
+
+
+class NotInRegistry(RegistryError, errors.NotFound):
+    """The registered model, version, alias or stage named does not exist."""
+
+
+class RegistryReadError(RegistryError, errors.Unreachable):
+    """The registry could not be read (connection, server or database error)."""
 
 
 @contextlib.contextmanager
@@ -60,8 +68,8 @@ def get_model(client: MlflowClient, name: str):
         return client.get_registered_model(name)
     except MlflowException as exc:
         if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
-            raise RegistryError(f"registered model '{name}' does not exist") from None
-        raise RegistryError(f"cannot read registered model '{name}': {exc.message}") from None
+            raise NotInRegistry(f"registered model '{name}' does not exist") from None
+        raise RegistryReadError(f"cannot read registered model '{name}': {exc.message}") from None
 
 
 def get_version(client: MlflowClient, name: str, version: str | int) -> ModelVersion:
@@ -70,7 +78,7 @@ def get_version(client: MlflowClient, name: str, version: str | int) -> ModelVer
         return client.get_model_version(name, str(version))
     except MlflowException:
         get_model(client, name)
-        raise RegistryError(f"model '{name}' has no version {version}") from None
+        raise NotInRegistry(f"model '{name}' has no version {version}") from None
 
 
 def stage_version(client: MlflowClient, name: str, stage: str) -> ModelVersion | None:
@@ -91,11 +99,11 @@ def resolve(client: MlflowClient, name: str, stage: str | None = None, alias: st
             return client.get_model_version_by_alias(name, alias)
         except MlflowException:
             get_model(client, name)
-            raise RegistryError(f"model '{name}' has no alias '{alias}'") from None
+            raise NotInRegistry(f"model '{name}' has no alias '{alias}'") from None
     mv = stage_version(client, name, stage)
     if mv is None:
         get_model(client, name)
-        raise RegistryError(f"model '{name}' has no version in stage {stage}")
+        raise NotInRegistry(f"model '{name}' has no version in stage {stage}")
     return mv
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from mlflow.exceptions import MlflowException
 
-from mlops import registry
+from mlops import errors, registry
 from mlops.config import password_problem, redact_uri
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ DELETED_STAGE = "Deleted_Internal"  # what MLflow's SQL store leaves for a delet
 REDACTED = {"source": "REDACTED-SOURCE-PATH", "run_id": "REDACTED-RUN-ID", "run_link": "REDACTED-RUN-LINK"}
 
 
-class DatabaseTargetError(registry.RegistryError):
+class DatabaseTargetError(registry.RegistryError, errors.Refused):
     """The database cannot be written (wrong schema revision, not the server's database, ...)."""
 
 

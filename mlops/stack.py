@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlops import config
+from mlops.errors import MlopsError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ SERVING_PASSTHROUGH = ("MODEL_NAME", "MODEL_STAGE", "MODEL_ALIAS", "POLL_INTERVA
 _PURGED = ("postgres", "s3", "mlflow", "serving", "logs", STATE_FILE, SECRETS_FILE, ".lock")
 
 
-class StackError(Exception):
+class StackError(MlopsError):
     """The stack could not do what was asked; the message says why (with a log tail if any)."""
 
 

@@ -19,7 +19,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from mlops import registry
+from mlops import errors, registry
 from mlops.model_io import ModelLoadError
 from serving.cache import CacheFull, ModelCache, no_space
 from serving.metrics import Metrics
@@ -274,7 +274,7 @@ class ModelManager:
             return registry.resolve(self.client(), s.model_name, stage=s.model_stage, alias=s.model_alias)
         except registry.RegistryError as exc:
             msg = str(exc)
-            if msg.startswith("cannot read"):
+            if isinstance(exc, errors.Unreachable):
                 raise RegistryUnreachable(_one_line(msg)) from None
             raise NothingSelected(msg) from None
         except Exception as exc:  # noqa: BLE001 - connection errors, 5xx, database errors

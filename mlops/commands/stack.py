@@ -18,11 +18,6 @@ def _dir(value: str | None) -> Path:
     return Path(value).resolve() if value else st.default_dir()
 
 
-def _fail(exc: Exception) -> None:
-    click.echo(f"error: {exc}", err=True)
-    sys.exit(1)
-
-
 @click.group("stack")
 def stack_group() -> None:
     """Local production stack: PostgreSQL + S3 endpoint + `mlflow server` (proxied artifacts) + serving.
@@ -64,14 +59,11 @@ def up_cmd(stack_dir, auth, no_serving, postgres_port, s3_port, mlflow_port, ser
     """
     folder = _dir(stack_dir)
     given = {"postgres": postgres_port, "s3": s3_port, "mlflow": mlflow_port, "serving": serving_port}
-    try:
-        settings = st.Settings(
-            stack_dir=folder, ports=st.resolve_ports(folder, given), auth=auth, serving=not no_serving,
-            bucket=bucket, mlflow_workers=mlflow_workers, serving_workers=serving_workers, timeout=timeout,
-        )
-        running = st.up(settings)
-    except st.StackError as exc:
-        _fail(exc)
+    settings = st.Settings(
+        stack_dir=folder, ports=st.resolve_ports(folder, given), auth=auth, serving=not no_serving,
+        bucket=bucket, mlflow_workers=mlflow_workers, serving_workers=serving_workers, timeout=timeout,
+    )
+    running = st.up(settings)  # a StackError is one line from the CLI group
     for name in st.COMPONENTS:
         if name in running.details:
             state = "already running" if name in running.already else "started"
@@ -97,10 +89,7 @@ def up_cmd(stack_dir, auth, no_serving, postgres_port, s3_port, mlflow_port, ser
 def down_cmd(stack_dir, purge) -> None:
     """Stop exactly the processes `up` started; keep the data unless --purge."""
     folder = _dir(stack_dir)
-    try:
-        stopped = st.down(folder, purge=purge)
-    except st.StackError as exc:
-        _fail(exc)
+    stopped = st.down(folder, purge=purge)
     click.echo(f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
     if purge:
         click.echo(f"purged: {folder}")
@@ -143,10 +132,7 @@ def restart_cmd(components, stack_dir, timeout) -> None:
     """
     folder = _dir(stack_dir)
     names = list(components) or ["serving"]
-    try:
-        running = st.restart(folder, names, timeout=timeout)
-    except st.StackError as exc:
-        _fail(exc)
+    running = st.restart(folder, names, timeout=timeout)
     for name in names:
         click.echo(f"  {name:<9} restarted        {running.details.get(name, '')}")
 
@@ -164,7 +150,7 @@ def env_cmd(stack_dir, with_secrets, with_storage) -> None:
     folder = _dir(stack_dir)
     state = st.load_state(folder)
     if not state:
-        _fail(st.StackError(f"no stack in {folder} (start one: mlops stack up)"))
+        raise st.StackError(f"no stack in {folder} (start one: mlops stack up)")
     for line in st.export_lines(state):
         click.echo(line)
     click.echo(f"export SERVING_URL=http://{st.HOST}:{state['ports']['serving']}")
