@@ -180,7 +180,8 @@ def blueprint(manager, settings, hooks: Hooks) -> Blueprint:
             return resp
         rt = served(name, version)
         _check_content_type()
-        req = codecs_v2.to_request(codecs_v2.decode(hooks.read_body()), rt)
+        body = hooks.read_body()
+        req = codecs_v2.to_request(codecs_v2.decode(body), rt, body)
         result = rt.predict(req.parsed, with_proba=codecs_v2.PROBABILITIES in req.outputs)
         payload = codecs_v2.response(rt, req, result)
         hooks.observe(request.url_rule.rule, rt, result.rows, req.parsed.fmt)

@@ -257,12 +257,15 @@ def test_v2_answers_like_the_in_process_fast_path(trained_store, frame, tmp_path
     rt = manager.current
     assert rt.fast_path == "native"
     df = frame.head(9)
-    mine = codecs_v2.to_request(column_body(df), rt).parsed
     theirs = rt.parse(json.dumps({"dataframe_split": {"columns": list(df.columns), "data": df.to_numpy().tolist()}}).encode(),
                       "json")
-    assert mine.frame is None and theirs.frame is None
-    assert mine.array.flags.f_contiguous and mine.array.dtype == theirs.array.dtype
-    assert mine.array.tobytes(order="A") == theirs.array.tobytes(order="A")
+    body = json.dumps(column_body(df)).encode()
+    checked = codecs_v2.to_request(codecs_v2.decode(body), rt).parsed  # every tensor checked in turn
+    quick = codecs_v2.to_request(codecs_v2.decode(body), rt, body).parsed  # the one-pass numeric path
+    for mine in (checked, quick):
+        assert mine.frame is None and theirs.frame is None
+        assert mine.array.flags.f_contiguous and mine.array.dtype == theirs.array.dtype
+        assert mine.array.tobytes(order="A") == theirs.array.tobytes(order="A")
 
 
 # ---------------------------------------------------------------------------------------------
