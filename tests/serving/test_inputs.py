@@ -394,3 +394,12 @@ def test_an_index_of_another_length_than_data_is_refused(strict):
         with pytest.raises(InputError) as err:
             inputs.parse(body({"dataframe_split": {**split, "index": index}}), "json", spec())
         assert "index" in err.value.message and err.value.status == 400
+
+
+def test_strict_input_setting():
+    assert Settings.from_env({}).strict_input is False
+    for raw, value in (("true", True), ("1", True), ("YES", True), ("off", False), ("false", False), ("", False)):
+        assert Settings.from_env({"STRICT_INPUT": raw}).strict_input is value, raw
+    with pytest.raises(SettingsError, match="STRICT_INPUT"):
+        Settings.from_env({"STRICT_INPUT": "maybe"})
+    assert Settings.from_env({"STRICT_INPUT": "true"}).public()["strict_input"] is True

@@ -243,7 +243,7 @@ def servers(tmp_path_factory):
         for svc, url in started:
             svc.wait_http(url, timeout=300)
         log.info("12 servers ready in %.1f s", time.monotonic() - t0)
-        yield pairs
+        yield {**pairs, "_uri": uri}
     finally:
         for svc, _ in started:
             svc.stop()
@@ -555,6 +555,38 @@ def test_clean_requests_still_take_the_fast_paths(servers):
     for name in (BREAST, "penguins"):
         info = requests.get(servers[name].ours + "/api/model/info", timeout=10).json()
         assert info["fast_path"] is True, (name, info["fast_path_reason"])
+
+
+def test_strict_input_keeps_the_own_refusals(servers, tmp_path):
+    """STRICT_INPUT=true: unknown columns and top-level keys refused with this service's codes,
+    where the default (and MLflow) ignore them; clean requests answer as before."""
+    from sklearn.datasets import load_breast_cancer
+
+    frame = load_breast_cancer(as_frame=True).frame.drop(columns="target").head(2)
+    rows = frame.to_numpy().tolist()
+    split = {"columns": list(frame.columns), "data": rows}
+    records = [dict(zip(frame.columns, r, strict=True)) for r in rows]
+    port = free_port()
+    strict = Service([str(BIN / "mlops"), "serve"], clean_env(
+        MLFLOW_TRACKING_URI=servers["_uri"], MODEL_NAME=BREAST, PORT=port, HOST="127.0.0.1", WORKERS=1,
+        MODEL_CACHE_DIR=tmp_path / "models", LOG_DIR=tmp_path / "logs", STRICT_INPUT="true"), tmp_path / "strict.log")
+    try:
+        strict.wait_http(f"http://127.0.0.1:{port}/ready", timeout=180)
+        cases = {
+            "UNKNOWN_COLUMNS": {"dataframe_records": [{**records[0], "customer_id": 7}]},
+            "INVALID_INPUT_FORMAT": {"dataframe_split": split, "request_id": "r-1"},
+            "INVALID_VALUE_TYPE": {"dataframe_records": [{**records[0], "mean radius": "17.99"}]},
+        }
+        for code, payload in cases.items():
+            r = requests.post(f"http://127.0.0.1:{port}/invocations", json=payload, timeout=30)
+            assert r.status_code == 400 and r.json()["error_code"] == code, r.text[:300]
+            default = requests.post(servers[BREAST].ours + "/invocations", json=payload, timeout=30)
+            assert default.status_code == 200, default.text[:300]
+        ok = requests.post(f"http://127.0.0.1:{port}/invocations", json={"dataframe_split": split}, timeout=30)
+        same = requests.post(servers[BREAST].theirs + "/invocations", json={"dataframe_split": split}, timeout=30)
+        assert ok.status_code == 200 and ok.json() == same.json()
+    finally:
+        strict.stop()
 
 
 def test_every_intentional_difference_is_documented():
