@@ -79,7 +79,8 @@ def register(app: Flask, manager, settings, hooks: Hooks) -> None:
             status = exc.code or 404
             what = (f"{request.method} is not allowed on {request.path}" if status == 405
                     else f"no V2 endpoint {request.path} (see /openapi.json)")
-            return _error(what, status)
+            methods = getattr(exc, "valid_methods", None)
+            return _error(what, status, {"Allow": ", ".join(methods)} if status == 405 and methods else None)
         fallback = app.error_handler_spec[None][None].get(HTTPException)
         return fallback(exc) if fallback is not None else exc
 

@@ -162,6 +162,8 @@ def test_model_metadata_comes_from_the_signature(bc, frame):
 def test_wrong_model_version_or_path_is_an_error_object(bc, path, status, needle):
     r = requests.get(bc + path, headers=AUTH, timeout=10)
     assert r.status_code == status and list(r.json()) == ["error"] and needle in r.json()["error"], r.text
+    if status == 405:
+        assert "POST" in r.headers["Allow"]
 
 
 def test_pyfunc_style_metadata_for_penguins(pg):
