@@ -19,7 +19,7 @@ import pandas as pd
 import pytest
 import requests
 
-from serving import codecs_v2
+from serving import codecs_v2, inputs
 from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.settings import Settings
@@ -492,3 +492,55 @@ def test_schemathesis_on_the_v2_routes_finds_no_server_error(bc, tmp_path):
     assert sum(statuses.values()) >= 300, statuses
     record_number("v2 schemathesis", f"{sum(statuses.values())} requests on the V2 routes; infer statuses "
                                      + ", ".join(f"{s}: {n}" for s, n in sorted(infer_status.items(), key=str)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Every datatype a signature needs (codec only, no server): INT32, BOOL, FP32 columns
+# ---------------------------------------------------------------------------------------------
+
+
+def _runtime_for(columns: list[tuple[str, str, bool]], native: bool = False):
+    from types import SimpleNamespace
+
+    from serving.inputs import ColumnSpec, InputSpec
+
+    specs = tuple(ColumnSpec(n, t, r, np.dtype({"boolean": "bool", "integer": "int32", "float": "float32",
+                                                 "long": "int64", "double": "float64"}.get(t, "object")))
+                  for n, t, r in columns)
+    types = {s.type for s in specs}
+    spec = InputSpec(tuple(n for n, _, _ in columns), specs, specs[0].dtype if len(types) == 1 and "string" not in types else None,
+                     all(s.required for s in specs), False)
+    return SimpleNamespace(spec=spec, native=object() if native else None, classes=None,
+                           loaded=SimpleNamespace(signature=None, sklearn_model=None))
+
+
+def test_int32_bool_and_fp32_columns_become_the_signature_types():
+    rt = _runtime_for([("flag", "boolean", True), ("count", "integer", True), ("ratio", "float", False),
+                       ("label", "string", False)])
+    body = {"inputs": [{"name": "flag", "shape": [2], "datatype": "BOOL", "data": [True, False]},
+                       {"name": "count", "shape": [2, 1], "datatype": "INT32", "data": [[3], [4]]},
+                       {"name": "ratio", "shape": [2], "datatype": "FP32", "data": [0.5, None]},
+                       {"name": "label", "shape": [2], "datatype": "BYTES", "data": ["a", None]}]}
+    frame = codecs_v2.to_request(body, rt).parsed.frame
+    rows = [[True, 3, 0.5, "a"], [False, 4, None, None]]
+    split = json.dumps({"dataframe_split": {"columns": ["flag", "count", "ratio", "label"], "data": rows}}).encode()
+    pd.testing.assert_frame_equal(frame, inputs.parse(split, "json", rt.spec, build_frame=True).frame)
+    assert [str(t) for t in frame.dtypes][:3] == ["bool", "int32", "float32"]
+    assert frame["flag"].tolist() == [True, False] and frame["count"].tolist() == [3, 4]
+    assert frame["ratio"].iloc[0] == np.float32(0.5) and np.isnan(frame["ratio"].iloc[1])
+    assert frame["label"].iloc[0] == "a" and pd.isna(frame["label"].iloc[1])
+    for name, datatype, data, needle in [("flag", "INT32", [1, 0], "BOOL"), ("count", "FP32", [3.0, 4.0], "INT32"),
+                                         ("count", "BOOL", [True, False], "INT32"), ("label", "FP32", [1.0, 2.0], "BYTES")]:
+        bad = {"inputs": [{**t, "datatype": datatype, "data": data, "shape": [2]} if t["name"] == name else t
+                          for t in body["inputs"]]}
+        with pytest.raises(codecs_v2.InputError) as exc:
+            codecs_v2.to_request(bad, rt)
+        assert exc.value.status == 400 and f"'{name}'" in exc.value.message and needle in exc.value.message
+
+
+def test_one_boolean_2d_tensor_on_a_native_boolean_signature():
+    rt = _runtime_for([("a", "boolean", True), ("b", "boolean", True)], native=True)
+    parsed = codecs_v2.to_request({"inputs": [{"name": "input-0", "shape": [2, 2], "datatype": "BOOL",
+                                               "data": [[True, False], [False, True]]}]}, rt).parsed
+    assert parsed.array.dtype == np.bool_ and parsed.array.flags.f_contiguous
+    assert parsed.array.tolist() == [[True, False], [False, True]]
