@@ -18,6 +18,10 @@ Models (registered once for the module, each served by both servers):
 * ``all-types``: MLflow's ``test_serving_model_with_schema`` model (answers its input's dtypes) with
   the ``param1`` datetime param of ``test_serving_model_with_param_schema``.
 
+MLflow's schema-enforcement serving cases that each log a model of their own signature (tensor
+examples, lists, objects, arrays, maps, params from an input example: 26 models) are served by a
+rolling pool of server pairs, started a few models ahead and stopped once used.
+
 Not ported: the two Keras cases (``..._tf_serving_keras_instances`` / ``_inputs``): TensorFlow is not
 installed here; the ``inputs``/``instances`` shapes they send are covered on the other models.
 """
@@ -216,37 +220,92 @@ MODELS = ("iris-knn", BREAST, "penguins", "echo", "query-table", "all-types")
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory):
-    """Both servers for each model, started together, stopped (process groups) at the end."""
+def store(tmp_path_factory) -> tuple[str, Path]:
+    """One SQLite store holding every model of the module (version 1 each, in Production)."""
     folder = tmp_path_factory.mktemp("parity")
     uri = sqlite_uri(folder)
     train(uri, "--promote", "production", "--experiment", "parity-train")
     train(uri, "--data", str(PENGUINS), "--target", "species", "--model-name", "penguins",
           "--model", "hist_gradient_boosting", "--promote", "production", "--experiment", "parity-train")
     register_models(uri, folder)
+    register_signature_models(uri, folder)
+    return uri, folder
+
+
+def start_pair(uri: str, folder: Path, name: str) -> Pair:
+    """This service (gunicorn, one worker) and ``mlflow models serve`` for ``name`` v1 (not yet ready)."""
+    home = folder / name
+    home.mkdir(exist_ok=True)
+    ours_port, theirs_port = free_port(), free_port()
+    ours = Service([str(BIN / "mlops"), "serve"], clean_env(
+        MLFLOW_TRACKING_URI=uri, MODEL_NAME=name, PORT=ours_port, HOST="127.0.0.1", WORKERS=1,
+        MODEL_CACHE_DIR=home / "models", LOG_DIR=home / "logs"), home / "ours.log")
+    theirs = Service([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}/1", "--env-manager",
+                      "local", "-h", "127.0.0.1", "-p", str(theirs_port)],
+                     clean_env(MLFLOW_TRACKING_URI=uri), home / "mlflow.log", cwd=home)
+    return Pair(f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{theirs_port}", [ours, theirs])
+
+
+def wait_ready(pair: Pair) -> None:
+    """Both servers answer: this service's /ready, MLflow's /ping."""
+    ours, theirs = pair.services
+    ours.wait_http(pair.ours + "/ready", timeout=300)
+    theirs.wait_http(pair.theirs + "/ping", timeout=300)
+
+
+@pytest.fixture(scope="module")
+def servers(store):
+    """Both servers for each of the six main models, started together, stopped (process groups)."""
+    uri, folder = store
     pairs: dict[str, Pair] = {}
-    started: list[tuple[Service, str]] = []
     try:
         for name in MODELS:
-            home = folder / name
-            home.mkdir()
-            ours_port, theirs_port = free_port(), free_port()
-            ours = Service([str(BIN / "mlops"), "serve"], clean_env(
-                MLFLOW_TRACKING_URI=uri, MODEL_NAME=name, PORT=ours_port, HOST="127.0.0.1", WORKERS=1,
-                MODEL_CACHE_DIR=home / "models", LOG_DIR=home / "logs"), home / "ours.log")
-            theirs = Service([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{name}/1", "--env-manager",
-                              "local", "-h", "127.0.0.1", "-p", str(theirs_port)],
-                             clean_env(MLFLOW_TRACKING_URI=uri), home / "mlflow.log", cwd=home)
-            started += [(ours, f"http://127.0.0.1:{ours_port}/ready"), (theirs, f"http://127.0.0.1:{theirs_port}/ping")]
-            pairs[name] = Pair(f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{theirs_port}", [ours, theirs])
+            pairs[name] = start_pair(uri, folder, name)
         t0 = time.monotonic()
-        for svc, url in started:
-            svc.wait_http(url, timeout=300)
-        log.info("12 servers ready in %.1f s", time.monotonic() - t0)
+        for pair in pairs.values():
+            wait_ready(pair)
+        log.info("%d servers ready in %.1f s", 2 * len(pairs), time.monotonic() - t0)
         yield {**pairs, "_uri": uri}
     finally:
-        for svc, _ in started:
+        for pair in pairs.values():
+            for svc in pair.services:
+                svc.stop()
+
+
+class Pool:
+    """Server pairs for the per-signature models, started a few ahead of use and stopped after."""
+
+    def __init__(self, uri: str, folder: Path, order: list[str], ahead: int = 3):
+        self.uri, self.folder, self.order, self.ahead = uri, folder, order, ahead
+        self.running: dict[str, Pair] = {}
+
+    def get(self, name: str) -> Pair:
+        i = self.order.index(name)
+        for done in [n for n in self.running if self.order.index(n) < i]:
+            self._stop(done)
+        for upcoming in self.order[i:i + self.ahead + 1]:
+            if upcoming not in self.running:
+                self.running[upcoming] = start_pair(self.uri, self.folder, upcoming)
+        wait_ready(self.running[name])
+        return self.running[name]
+
+    def _stop(self, name: str) -> None:
+        for svc in self.running.pop(name).services:
             svc.stop()
+
+    def close(self) -> None:
+        for name in list(self.running):
+            self._stop(name)
+
+
+@pytest.fixture(scope="module")
+def pool(store):
+    uri, folder = store
+    p = Pool(uri, folder, list(SIGNATURE_MODELS))
+    try:
+        yield p
+    finally:
+        p.close()
 
 
 # ------------------------------------------------------------------------------------------------
@@ -476,6 +535,153 @@ def issue_cases() -> list[Case]:
     return cases
 
 
+class _IntEncoder(json.JSONEncoder):
+    """MLflow's CustomJsonEncoder of test_pyfunc_model_schema_enforcement_map_type."""
+
+    def default(self, o):
+        if isinstance(o, np.integer):
+            return int(o)
+        return super().default(o)
+
+
+def _frame_of(data) -> pd.DataFrame:
+    return pd.DataFrame(data) if isinstance(data, list) else pd.DataFrame([data])
+
+
+def _format_payloads(data, df: pd.DataFrame, keys=("inputs", "dataframe_split", "dataframe_records"), cls=None) -> dict:
+    out = {}
+    for key in keys:
+        payload = {key: data} if key in ("inputs", "instances") else {key: df.to_dict(orient=key[10:])}
+        out[key] = json.dumps(payload, cls=cls)
+    return out
+
+
+def _signature_specs() -> tuple[dict[str, dict], list[Case]]:
+    """The per-signature models of MLflow's schema-enforcement serving tests and their cases.
+
+    Returns {model name: how to log it} and the cases, grouped by model in serving order.
+    """
+    from mlflow.models import (
+        ModelSignature,
+        convert_input_example_to_serving_input,
+        infer_signature,
+    )
+    from mlflow.types import ColSpec, DataType, Schema
+    from mlflow.types.schema import Array, Map, Object, Property
+
+    models: dict[str, dict] = {}
+    cases: list[Case] = []
+    basic = {k: v for k, v in sample_params_basic().items() if not k.endswith("_array") or k == "double_array"}
+    examples = [["input1", "input2", "input3"], [{"a": "a", "b": "b"}, {"a": "b"}],
+                {"a": ["a", "b", "c"], "b": "b"}, pd.DataFrame({"a": ["a", "b", "c"], "b": "b"})]
+    for i, example in enumerate(examples):
+        name = f"example-params-{i}"
+        models[name] = {"input_example": (example, basic)}
+        manual = (json.dumps({"dataframe_split": example.to_dict(orient="split")}) if isinstance(example, pd.DataFrame)
+                  else json.dumps({"inputs": example}))
+        cases += [Case(f"test_pyfunc_model_input_example_with_params[{i}-saved_example]", name,
+                       convert_input_example_to_serving_input((example, basic))),
+                  Case(f"test_pyfunc_model_input_example_with_params[{i}-manual_example]", name, manual)]
+    examples = [pd.DataFrame({"a": ["input1", "input2", "input3"]}), np.array([1, 2, 3]), np.array([1, 2, 3, np.nan]),
+                {"a": np.array([1, 2, 3])}, ["input1", "input2", "input3"],
+                [{"a": ["sentence1", "sentence2"], "b": ["answer1", "answer2"]}],
+                {"messages": [{"role": "user", "content": "some question"}]}]
+    for i, example in enumerate(examples):
+        name = f"example-validation-{i}"
+        models[name] = {"input_example": example}
+        cases.append(Case(f"test_input_example_validation_during_logging[{i}]", name,
+                          convert_input_example_to_serving_input(example)))
+    objects = [
+        {"query": "sentence"},
+        {"query": ["sentence_1", "sentence_2"]},
+        {"query": ["sentence_1", "sentence_2"], "table": "some_table"},
+        {"query": [{"name": "value"}, {"name": "value"}], "table": ["some_table"]},
+        [{"query": "sentence"}, {"query": "sentence"}],
+        [{"query": ["sentence_1", "sentence_2"], "table": "some_table"}, {"query": ["sentence_1", "sentence_2"]}],
+        [{"query": [{"name": "value"}, {"name": "value"}], "table": ["some_table"]},
+         {"query": [{"name": "value", "age": 10}, {"name": "value"}], "table": ["some_table"]}],
+    ]
+    errors = [[{"query": {"a": "b"}, "name": "A"}, {"query": {"a": "c"}, "name": "B"}], objects[5], objects[6]]
+    by_signature: dict[str, str] = {}
+
+    def model_for(data) -> str:
+        sig = infer_signature(data)
+        key = json.dumps(sig.to_dict(), sort_keys=True)
+        if key not in by_signature:
+            by_signature[key] = f"objects-{len(by_signature)}"
+            models[by_signature[key]] = {"signature": sig}
+        return by_signature[key]
+
+    grouped: dict[str, list[Case]] = {}
+    for i, data in enumerate(objects):
+        name = model_for(data)
+        for key, body in _format_payloads(data, _frame_of(data)).items():
+            grouped.setdefault(name, []).append(Case(f"test_pyfunc_model_scoring_with_objects_and_arrays[{key}-{i}]", name, body))
+        if i < 5:
+            grouped[name].append(Case(f"test_pyfunc_model_scoring_with_objects_and_arrays_instances[{i}]", name,
+                                      json.dumps({"instances": data})))
+    for i, data in enumerate(errors):
+        name = model_for(data)
+        grouped.setdefault(name, []).append(Case(f"test_pyfunc_model_scoring_with_objects_and_arrays_instances_errors[{i}]",
+                                                 name, json.dumps({"instances": data})))
+    for group in grouped.values():
+        cases += group
+    maps = [
+        ({"simple_map": [{"a": 3, "b": 4}, {}, {"c": 5}]}, Schema([ColSpec(Map(value_type=DataType.long), name="simple_map")])),
+        ({"simple_map": [{"a": 3, "b": 4}, {}, {"c": 5}]}, Schema([ColSpec(Map(value_type=DataType.long))])),
+        ({"nested_map": [{"a": {"a1": 3, "a2": 4}, "b": {"b1": 5}}, {}, {"c": {}}]},
+         Schema([ColSpec(Map(value_type=Map(value_type=DataType.long)), name="nested_map")])),
+        ({"array_in_map": [{"a": [1, 2, 3], "b": [4, 5]}, {}, {"c": []}]},
+         Schema([ColSpec(Map(value_type=Array(dtype=DataType.long)), name="array_in_map")])),
+        ({"object_in_map": [{"a": {"key1": "a1", "key2": 1}, "b": {"key1": "b1"}}, {}, {"c": {"key1": "c1"}}]},
+         Schema([ColSpec(Map(value_type=Object([Property("key1", DataType.string),
+                                                Property("key2", DataType.long, required=False)])), name="object_in_map")])),
+        ({"map_in_array": [[{"a": 3, "b": 4}, {"c": 5}], [], [{"d": 6}]]},
+         Schema([ColSpec(Array(dtype=Map(value_type=DataType.long)), name="map_in_array")])),
+        ({"map_in_object": [{"key1": {"a": 3, "b": 4}, "key2": {"c": 5}}, {"key1": {"d": 6}}]},
+         Schema([ColSpec(Object([Property("key1", Map(value_type=DataType.long)),
+                                 Property("key2", Map(value_type=DataType.long), required=False)]), name="map_in_object")])),
+    ]
+    for i, (data, schema) in enumerate(maps):
+        name = f"map-{i}"
+        models[name] = {"signature": ModelSignature(inputs=schema, outputs=schema)}
+        df = pd.DataFrame.from_records(data)
+        for key, body in _format_payloads(data, df, ("dataframe_split", "dataframe_records"), _IntEncoder).items():
+            cases.append(Case(f"test_pyfunc_model_schema_enforcement_map_type[{key}-{i}]", name, body))
+    complex_data = [
+        {"object_column": {"query": ["sentence_1", "sentence_2"], "table": "some_table"}, "string_column": "some_string",
+         "array_column": [{"name": "value"}, {"name": "value"}]},
+        {"object_column": {"query": ["sentence_1", "sentence_2"]}, "string_column": "some_string",
+         "array_column": [{"name": "value"}]},
+    ]
+    df = pd.DataFrame.from_records(complex_data)
+    models["complex"] = {"signature": infer_signature(df)}
+    for key, body in _format_payloads(complex_data, df).items():
+        cases.append(Case(f"test_pyfunc_model_schema_enforcement_complex[{key}]", "complex", body))
+    return models, cases
+
+
+def register_signature_models(uri: str, folder: Path) -> None:
+    """Register the per-signature echo models (version 1 each, in Production)."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    pins = [f"mlflow=={mlflow.__version__}"]
+    code = folder / "echo_model.py"
+    with tracking(uri):
+        mlflow.set_tracking_uri(uri)
+        eid = MlflowClient(uri, uri).get_experiment_by_name("parity").experiment_id
+        mlflow.set_experiment(experiment_id=eid)
+        with mlflow.start_run():
+            for name, how in SIGNATURE_MODELS.items():
+                mlflow.pyfunc.log_model(name=name, python_model=str(code), pip_requirements=pins,
+                                        registered_model_name=name, **how)
+        mlflow.set_tracking_uri(None)
+    for name in SIGNATURE_MODELS:
+        promote(uri, "1", name=name)
+
+
+SIGNATURE_MODELS, SIGNATURE_CASES = _signature_specs()
 CASES = scoring_server_cases() + schema_enforcement_cases() + issue_cases()
 _results: dict[str, str] = {}  # case id -> "same" | "intentional"
 
@@ -500,9 +706,9 @@ def outcome(resp: requests.Response) -> dict:
     return out
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_same_answer_as_mlflow_models_serve(servers, case: Case):
-    pair = servers[case.model]
+def compare(pair: Pair, case: Case) -> None:
+    """Send ``case`` to both servers of ``pair``: same status, error_code and predictions, or the
+    listed intentional difference (never a 5xx, never a traceback)."""
     theirs, ours = send(pair.theirs, case), send(pair.ours, case)
     expected, got = outcome(theirs), outcome(ours)
     if "error_code" not in expected:  # MLflow's plain-text 415: only the status to compare
@@ -523,6 +729,18 @@ def test_same_answer_as_mlflow_models_serve(servers, case: Case):
     else:
         assert got == expected, f"mlflow: {theirs.status_code} {theirs.text[:600]}\nours:   {ours.status_code} {ours.text[:600]}"
     _results[case.id] = "same"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_same_answer_as_mlflow_models_serve(servers, case: Case):
+    compare(servers[case.model], case)
+
+
+@pytest.mark.parametrize("case", SIGNATURE_CASES, ids=[c.id for c in SIGNATURE_CASES])
+def test_same_answer_as_mlflow_models_serve_per_signature(pool, case: Case):
+    """MLflow's serving cases that each log a model of their own signature (tensors, lists,
+    objects, arrays, maps, params from an input example)."""
+    compare(pool.get(case.model), case)
 
 
 def test_mlflow_scoring_server_client_works_unchanged(servers):
@@ -596,12 +814,12 @@ def test_every_intentional_difference_is_documented():
     for case_id in INTENTIONAL:
         assert f"`{case_id}`" in section, case_id
     assert "stack_trace" in section
-    assert set(INTENTIONAL) <= {c.id for c in CASES}
+    assert set(INTENTIONAL) <= {c.id for c in CASES + SIGNATURE_CASES}
 
 
 def test_zz_report(servers):
     """The differential numbers, for the end-of-run summary (runs last in this module)."""
-    n = len(CASES)
+    n = len(CASES) + len(SIGNATURE_CASES)
     same = sum(1 for v in _results.values() if v == "same")
     intentional = sum(1 for v in _results.values() if v == "intentional")
     line = (f"{n} cases vs mlflow models serve {__import__('mlflow').__version__}: {same} same, "
