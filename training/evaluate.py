@@ -29,12 +29,19 @@ def metric_names(task: str) -> tuple[str, ...]:
     return REGRESSION_METRICS if task == "regression" else CLASSIFICATION_METRICS
 
 
-def evaluate(model, X, y, task: str = "classification") -> dict[str, float]:
-    """The holdout metrics of ``model`` on (X, y) for ``task``."""
-    if task == "regression":
-        return evaluate_regression(model.predict(X), np.asarray(y, dtype=float))
+def predictions(model, X, task: str = "classification") -> tuple[np.ndarray, np.ndarray | None]:
+    """(predict, predict_proba or None) of ``model`` on ``X``: computed once, shared by metrics and plots."""
     pred = model.predict(X)
-    proba = model.predict_proba(X) if hasattr(model, "predict_proba") else None
+    proba = model.predict_proba(X) if task != "regression" and hasattr(model, "predict_proba") else None
+    return pred, proba
+
+
+def evaluate(model, X, y, task: str = "classification",
+             preds: tuple[np.ndarray, np.ndarray | None] | None = None) -> dict[str, float]:
+    """The holdout metrics of ``model`` on (X, y) for ``task`` (``preds``: :func:`predictions` on X)."""
+    pred, proba = preds if preds is not None else predictions(model, X, task)
+    if task == "regression":
+        return evaluate_regression(pred, np.asarray(y, dtype=float))
     labels = list(getattr(model, "classes_", np.unique(y)))
     binary = len(labels) == 2
     avg = "binary" if binary else "macro"
@@ -125,9 +132,34 @@ def parse_gate(text: str | None, task: str) -> list[Condition]:
 DEFAULT_GATE = {"regression": "r2>=0"}
 
 
+# Plots that need many predictions (permutation importance: columns x repeats full passes) or
+# draw one mark per row (regression scatter plots) use a fixed-seed sample of at most this many
+# holdout rows; smaller holdouts are used whole. Metrics and the other plots always use all rows.
+PLOT_SAMPLE_ROWS = 5_000
+
+
+def plot_sample(X, y, seed: int, max_rows: int = PLOT_SAMPLE_ROWS):
+    """(X, y) itself when it has at most ``max_rows`` rows, else a fixed-seed sample of that many."""
+    if len(X) <= max_rows:
+        return X, y
+    idx = np.sort(np.random.default_rng(seed).choice(len(X), size=max_rows, replace=False))
+    return X.iloc[idx], (y.iloc[idx] if hasattr(y, "iloc") else np.asarray(y)[idx])
+
+
+def _of(n_used: int, n_all: int) -> str:
+    """Title suffix naming the sample size when a plot does not use every holdout row."""
+    return "" if n_used == n_all else f", {n_used:,} of {n_all:,} rows"
+
+
 def save_plots(model, X, y, feature_names, out_dir: Path, task: str = "classification",
-               seed: int = 0) -> list[Path]:
-    """Write the task's plots (PNG) into ``out_dir``; return their paths."""
+               seed: int = 0, max_rows: int = PLOT_SAMPLE_ROWS,
+               preds: tuple[np.ndarray, np.ndarray | None] | None = None) -> list[Path]:
+    """Write the task's plots (PNG) into ``out_dir``; return their paths.
+
+    Confusion matrix, ROC and precision-recall use every holdout row; permutation importance and
+    the regression scatter plots at most ``max_rows`` (a fixed-seed sample, see PLOT_SAMPLE_ROWS).
+    ``preds``: :func:`predictions` on ``X`` when already computed.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,39 +167,44 @@ def save_plots(model, X, y, feature_names, out_dir: Path, task: str = "classific
 
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
+    Xs, ys = plot_sample(X, y, seed, max_rows)
+    of = _of(len(Xs), len(X))
     if task == "regression":
-        pred = np.asarray(model.predict(X), dtype=float)
-        actual = np.asarray(y, dtype=float)
+        pred = np.asarray(model.predict(Xs), dtype=float)
+        actual = np.asarray(ys, dtype=float)
         fig, ax = plt.subplots(figsize=(4.5, 4))
         ax.scatter(actual, pred, s=12, alpha=0.7)
         lo, hi = float(min(actual.min(), pred.min())), float(max(actual.max(), pred.max()))
         ax.plot([lo, hi], [lo, hi], "k--", linewidth=1)
         ax.set_xlabel(f"actual {getattr(y, 'name', '') or ''}".strip())
         ax.set_ylabel("predicted")
-        ax.set_title("Predicted vs actual (holdout)")
+        ax.set_title(f"Predicted vs actual (holdout{of})")
         paths.append(_save(fig, out_dir / "predicted_vs_actual.png"))
         fig, ax = plt.subplots(figsize=(4.5, 4))
         ax.scatter(pred, actual - pred, s=12, alpha=0.7)
         ax.axhline(0, color="k", linestyle="--", linewidth=1)
         ax.set_xlabel("predicted")
         ax.set_ylabel("residual (actual - predicted)")
-        ax.set_title("Residuals (holdout)")
+        ax.set_title(f"Residuals (holdout{of})")
         paths.append(_save(fig, out_dir / "residuals.png"))
     else:
         labels = list(getattr(model, "classes_", np.unique(y)))
+        pred, proba = preds if preds is not None else predictions(model, X, task)
         fig, ax = plt.subplots(figsize=(4.5 + 0.3 * max(0, len(labels) - 3), 4 + 0.3 * max(0, len(labels) - 3)))
         skm.ConfusionMatrixDisplay.from_predictions(
-            y, model.predict(X), labels=labels, display_labels=[str(c) for c in labels], ax=ax, colorbar=False
+            y, pred, labels=labels, display_labels=[str(c) for c in labels], ax=ax, colorbar=False
         )
         ax.set_title("Confusion matrix (holdout)")
         paths.append(_save(fig, out_dir / "confusion_matrix.png"))
-        if hasattr(model, "predict_proba") and len(labels) == 2:
+        if proba is not None and len(labels) == 2:
+            score = proba[:, 1]
+            name = type(model).__name__
             fig, ax = plt.subplots(figsize=(4.5, 4))
-            skm.RocCurveDisplay.from_estimator(model, X, y, ax=ax, pos_label=labels[1])
+            skm.RocCurveDisplay.from_predictions(y, score, ax=ax, pos_label=labels[1], name=name)
             ax.set_title("ROC curve (holdout)")
             paths.append(_save(fig, out_dir / "roc_curve.png"))
             fig, ax = plt.subplots(figsize=(4.5, 4))
-            skm.PrecisionRecallDisplay.from_estimator(model, X, y, ax=ax, pos_label=labels[1])
+            skm.PrecisionRecallDisplay.from_predictions(y, score, ax=ax, pos_label=labels[1], name=name)
             ax.set_title("Precision-recall (holdout)")
             paths.append(_save(fig, out_dir / "precision_recall.png"))
 
@@ -187,12 +224,12 @@ def save_plots(model, X, y, feature_names, out_dir: Path, task: str = "classific
         ax.set_title(f"Top features by {label}")
         name = "feature_importance.png" if label == "feature importance" else "coefficients.png"
         paths.append(_save(fig, out_dir / name))
-    paths.append(permutation_plot(model, X, y, out_dir, task, seed))
+    paths.append(permutation_plot(model, Xs, ys, out_dir, task, seed, of))
     return paths
 
 
-def permutation_plot(model, X, y, out_dir: Path, task: str, seed: int) -> Path:
-    """Permutation importance of the user's original columns on the holdout (any family)."""
+def permutation_plot(model, X, y, out_dir: Path, task: str, seed: int, of: str = "") -> Path:
+    """Permutation importance of the user's original columns on (a sample of) the holdout, any family."""
     import matplotlib.pyplot as plt
     from sklearn.inspection import permutation_importance
 
@@ -205,7 +242,7 @@ def permutation_plot(model, X, y, out_dir: Path, task: str, seed: int) -> Path:
     ax.barh([cols[i] for i in order][::-1], result.importances_mean[order][::-1],
             xerr=result.importances_std[order][::-1])
     ax.set_xlabel(f"drop in {scoring} when the column is shuffled")
-    ax.set_title("Permutation importance (holdout)")
+    ax.set_title(f"Permutation importance (holdout{of})")
     return _save(fig, out_dir / "permutation_importance.png")
 
 

@@ -129,14 +129,17 @@ def plan_columns(X: pd.DataFrame) -> ColumnPlan:
             continue
         # Text (or a mix of types: every value is then read as text).
         values = non_missing.astype(str)
-        n_unique = int(values.nunique())
+        # Each distinct text once, with its count: the checks below cost O(distinct values), not O(rows).
+        counts = values.value_counts(sort=False)
+        n_unique = len(counts)
         if _looks_like_dates(values):
             plan.dropped[name] = "dates are not used (derive numeric columns such as year or weekday)"
             continue
         if n_unique == len(values) and n_unique == n and n >= 20:
             plan.dropped[name] = "unique per row (an ID?)"
             continue
-        if len({type(v) for v in non_missing}) > 1 or _partly_numeric(values):
+        only_text = isinstance(s.dtype, pd.StringDtype)  # pandas' string dtype holds str values only
+        if (not only_text and len({type(v) for v in non_missing}) > 1) or _partly_numeric(counts):
             plan.mixed.append(name)
         if n_unique > MAX_CATEGORIES:
             plan.high_cardinality[name] = n_unique
@@ -153,10 +156,13 @@ def _looks_like_dates(values: pd.Series) -> bool:
     return bool(parsed.notna().mean() >= 0.95)
 
 
-def _partly_numeric(values: pd.Series) -> bool:
-    """Text where most, but not all, values are numbers (e.g. "12", "7", "n/a")."""
-    as_num = pd.to_numeric(values, errors="coerce")
-    share = float(as_num.notna().mean())
+def _partly_numeric(counts: pd.Series) -> bool:
+    """Text where most, but not all, values are numbers (e.g. "12", "7", "n/a").
+
+    ``counts``: each distinct text (index) with how many rows hold it.
+    """
+    as_num = pd.to_numeric(pd.Series(counts.index, dtype=object), errors="coerce")
+    share = float(counts.to_numpy()[as_num.notna().to_numpy()].sum() / counts.sum())
     return 0.5 <= share < 1.0
 
 
@@ -179,8 +185,22 @@ def prepare_frame(X: pd.DataFrame, plan: ColumnPlan) -> pd.DataFrame:
     """The used columns with uniform types: text as str (missing as NaN), booleans kept."""
     out = X[plan.ordered(list(X.columns))].copy()
     for col in plan.categorical:
-        out[col] = pd.Series([np.nan if _missing(v) else str(v) for v in out[col]], index=out.index, dtype=object)
+        out[col] = _as_text(out[col])
     return out
+
+
+def _as_text(s: pd.Series) -> pd.Series:
+    """``s`` as an object column of str, missing values as NaN.
+
+    pandas' string dtype (how CSV text is read) is converted through its distinct values, so each
+    distinct text is one shared Python object (a large table's column costs 8 bytes per row);
+    other columns value by value with ``str``.
+    """
+    if isinstance(s.dtype, pd.StringDtype):
+        codes, uniques = pd.factorize(s)  # missing -> -1, the lookup's last entry
+        lookup = np.append(np.asarray(uniques, dtype=object), np.nan)
+        return pd.Series(lookup[codes], index=s.index, dtype=object)
+    return pd.Series([np.nan if _missing(v) else str(v) for v in s], index=s.index, dtype=object)
 
 
 def _missing(value) -> bool:

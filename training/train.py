@@ -17,8 +17,9 @@ import tempfile
 import time
 from importlib.metadata import version as pkg_version
 from pathlib import Path
+from typing import NoReturn
 
-from training.data import BUNDLED, DataError, load_dataset
+from training.data import BUNDLED, DataError, load_dataset, mlflow_dataset
 from training.evaluate import (
     DEFAULT_GATE,
     HIGHER_IS_BETTER,
@@ -28,6 +29,8 @@ from training.evaluate import (
     evaluate,
     metric_names,
     parse_gate,
+    plot_sample,
+    predictions,
     save_plots,
 )
 from training.models import (
@@ -59,6 +62,25 @@ class GateFailed(RuntimeError):
     """The new model did not pass the quality gate."""
 
 
+class Stopwatch:
+    """Seconds spent in each stage of a run, logged as one ``timing:`` line at the end."""
+
+    def __init__(self) -> None:
+        self.start = self.last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, stage: str) -> float:
+        """Close ``stage`` (the time since the previous lap); return its seconds."""
+        now = time.perf_counter()
+        self.laps[stage] = self.laps.get(stage, 0.0) + now - self.last
+        self.last = now
+        return self.laps[stage]
+
+    def summary(self) -> str:
+        laps = ", ".join(f"{k} {v:.1f}" for k, v in self.laps.items())
+        return f"{laps}; total {time.perf_counter() - self.start:.1f} s"
+
+
 def _int(text: str) -> int:
     """An integer that may arrive as "100.0" (MLproject float parameters)."""
     value = float(text)
@@ -70,7 +92,7 @@ def _int(text: str) -> int:
 class Parser(argparse.ArgumentParser):
     """An argument parser whose errors are one line, ``error: ...``, exit code 2 (bad input)."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         """Print one line (no usage block) and exit with EXIT_BAD_INPUT."""
         self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
 
@@ -206,11 +228,9 @@ def _gate_failure(conditions: list[Condition], metrics: dict, args, run_id: str)
     return None
 
 
-def _signature(X, plan, y_pred):
+def _input_schema(X, plan):
     """Raw input columns with their real types, optional where the training data had gaps."""
     import pandas as pd
-    from mlflow.models import infer_signature
-    from mlflow.models.signature import ModelSignature
     from mlflow.types import ColSpec, Schema
 
     cols = []
@@ -225,8 +245,15 @@ def _signature(X, plan, y_pred):
         else:
             kind = "double"
         cols.append(ColSpec(kind, str(col), required=not bool(s.isna().any())))
-    outputs = infer_signature(X.head(2), y_pred).outputs
-    return ModelSignature(inputs=Schema(cols), outputs=outputs)
+    return Schema(cols)
+
+
+def _signature(inputs, X_head, y_pred):
+    """The model signature: ``inputs`` (:func:`_input_schema`), outputs inferred from ``y_pred``."""
+    from mlflow.models import infer_signature
+    from mlflow.models.signature import ModelSignature
+
+    return ModelSignature(inputs=inputs, outputs=infer_signature(X_head, y_pred).outputs)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -237,7 +264,9 @@ def run(args: argparse.Namespace) -> int:
 
     from mlops import config, registry
 
+    watch = Stopwatch()
     ds = load_dataset(args.data, args.target)
+    watch.lap("read")
     task, why = detect_task(ds.y, None if args.task == AUTO else args.task)
     family = resolve_family(args.model, task)
     conditions = _gate(args, task)
@@ -249,6 +278,7 @@ def run(args: argparse.Namespace) -> int:
     X, y = prepare_frame(ds.X, plan), ds.y
     if task != CLASSIFICATION:
         y = y.astype(float)
+    watch.lap("screen")
 
     uri = config.tracking_uri()
     config.ensure_store(uri)
@@ -262,8 +292,13 @@ def run(args: argparse.Namespace) -> int:
     X_train, X_test, y_train, y_test = train_test_split(
         X, y, test_size=args.test_size, random_state=args.seed, stratify=stratify
     )
+    # What later steps need from the whole table; then only the split copies stay in memory.
+    inputs, columns, n_features = _input_schema(X, plan), list(X.columns), X.shape[1]
+    del X, y, stratify
     hp = hyperparameters(family, args)
     primary = PRIMARY[task]
+    n_plot = len(plot_sample(X_test, y_test, args.seed)[0])
+    watch.lap("store+split")
 
     with mlflow.start_run() as active:
         run_id = active.info.run_id
@@ -275,34 +310,49 @@ def run(args: argparse.Namespace) -> int:
         already = client.get_run(run_id).data.params  # `mlflow run` logs -P values itself
         mlflow.log_params({k: v for k, v in params.items() if k not in already and k.replace("_", "-") not in already})
         mlflow.log_params({
-            "n_train_rows": len(X_train), "n_test_rows": len(X_test), "n_features": X.shape[1],
+            "n_train_rows": len(X_train), "n_test_rows": len(X_test), "n_features": n_features,
             "family": family, "detected_task": task, "dropped_target_rows": ds.dropped_rows,
             "dropped_columns": ",".join(plan.dropped)[:500] or "-",
+            # Permutation importance and regression scatter plots use this many holdout rows.
+            "plot_sample_rows": n_plot,
         })
-        dataset = mlflow.data.from_pandas(ds.frame, source=ds.source, targets=ds.target, name=ds.name)
+        if n_plot < len(X_test):
+            log.info("plots: permutation importance%s on a sample of %d of %d holdout rows (seed %d)",
+                     " and scatter plots" if task != CLASSIFICATION else "", n_plot, len(X_test), args.seed)
+        dataset = mlflow_dataset(ds)
         mlflow.log_input(dataset, context="training")
+        digest = dataset.digest
+        del dataset
+        ds.frame = ds.frame.iloc[:0]  # logged; the model trains on the split copies (rows freed)
+        watch.lap("dataset")
 
         model = build_model(family, hp, args.seed, task, plan)
         t0 = time.perf_counter()
         model.fit(X_train, y_train)
         train_time = time.perf_counter() - t0
-        metrics = evaluate(model, X_test, y_test, task)
+        watch.lap("fit")
+        preds = predictions(model, X_test, task)
+        metrics = evaluate(model, X_test, y_test, task, preds)
+        watch.lap("metrics")
         mlflow.log_metrics({**metrics, "training_time_s": train_time})
         log.info("holdout metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
 
         with tempfile.TemporaryDirectory() as tmp:
-            for path in save_plots(model, X_test, y_test, list(X.columns), Path(tmp), task, args.seed):
+            for path in save_plots(model, X_test, y_test, columns, Path(tmp), task, args.seed,
+                                   preds=preds):
                 mlflow.log_artifact(str(path), artifact_path="plots")
+        watch.lap("plots")
 
         classes = [c.item() if hasattr(c, "item") else c for c in model.classes_] if task == CLASSIFICATION else None
         info = mlflow.sklearn.log_model(
             model,
             name="model",
-            signature=_signature(X, plan, model.predict(X_train.head(5))),
+            signature=_signature(inputs, X_train.head(2), model.predict(X_train.head(5))),
             input_example=X_train.head(5),
             pip_requirements=_pip_requirements(),
             skops_trusted_types=skops_trusted_types(model) or None,
         )
+        watch.lap("log_model")
 
         failure = _gate_failure(conditions, metrics, args, run_id)
         mlflow.set_tags({"mlops.gate": "failed" if failure else "passed", "mlops.model_type": family,
@@ -320,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
             )
         shown = ("accuracy", "f1", "roc_auc") if task == CLASSIFICATION else ("rmse", "mae", "r2")
         tags = {
-            "data_digest": dataset.digest,
+            "data_digest": digest,
             "data_source": ds.source,
             "model_type": family,
             "task": task,
@@ -339,10 +389,11 @@ def run(args: argparse.Namespace) -> int:
             run_id=run_id,
             model_id=info.model_id,
             tags=tags,
-            description=_description(args, ds, dataset.digest, task, family, plan, classes, metrics, prod,
+            description=_description(args, ds, digest, task, family, plan, classes, metrics, prod,
                                      prod_metrics, len(X_train), len(X_test)),
         )
         mlflow.set_tag("mlops.registered_version", mv.version)
+        watch.lap("register")
         log.info("registered %s version %s", args.model_name, mv.version)
 
     promoted = None
@@ -363,6 +414,8 @@ def run(args: argparse.Namespace) -> int:
                 "not promoted: v%s %s %.4f does not beat Production v%s (%.4f, %s is better) on the same holdout",
                 mv.version, primary, metrics[primary], prod.version, prod_metrics[primary], direction,
             )
+    watch.lap("promote")
+    log.info("timing (s): %s", watch.summary())
     log.info(
         "done: %s v%s (%s %.4f)%s", args.model_name, mv.version, primary, metrics[primary],
         f", now in {promoted}" if promoted else "",
