@@ -17,7 +17,6 @@ would accept, and every version's model files must be in the manifest.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -36,6 +35,7 @@ from pathlib import Path
 
 from mlops.errors import Refused
 from mlops.registry import RegistryError
+from mlops.util import atomic_writer
 
 log = logging.getLogger(__name__)
 
@@ -579,25 +579,14 @@ def write_archive(
         files[name] = {"sha256": sha256_file(p), "size": p.stat().st_size}
     manifest = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION, "files": files}
     raw_manifest = json.dumps(manifest, indent=1, sort_keys=True).encode()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".partial", dir=out.parent)
     now = time.time()
-    try:
-        with os.fdopen(fd, "wb") as raw:
-            with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=compresslevel, format=tarfile.PAX_FORMAT) as tar:
-                tar.addfile(_tarinfo(MANIFEST_NAME, len(raw_manifest), now), io.BytesIO(raw_manifest))
-                for name in names:
-                    p = staging / name
-                    with open(p, "rb") as f:
-                        tar.addfile(_tarinfo(name, files[name]["size"], p.stat().st_mtime), f)
-                    if on_file:
-                        on_file(name)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_writer(out, prefix=f".{out.name}.{os.getpid()}.", suffix=".partial") as raw:
+        with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=compresslevel, format=tarfile.PAX_FORMAT) as tar:
+            tar.addfile(_tarinfo(MANIFEST_NAME, len(raw_manifest), now), io.BytesIO(raw_manifest))
+            for name in names:
+                p = staging / name
+                with open(p, "rb") as f:
+                    tar.addfile(_tarinfo(name, files[name]["size"], p.stat().st_mtime), f)
+                if on_file:
+                    on_file(name)
     return manifest

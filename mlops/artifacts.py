@@ -22,6 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from mlops.errors import MlopsError
+from mlops.util import first_line
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +118,14 @@ class DirectStore:
         try:
             through = sorted(f.path for f in repository(sample_uri, tracking_uri).list_artifacts())
         except Exception as exc:  # noqa: BLE001
-            raise ArtifactStoreError(f"cannot list {sample_uri} through the server: {_one_line(exc)}") from None
+            raise ArtifactStoreError(f"cannot list {sample_uri} through the server: {first_line(exc)}") from None
         if not through:
             return None
         try:
             direct = sorted(f.path for f in self.repo(sample_uri).list_artifacts())
         except Exception as exc:  # noqa: BLE001 - credentials, missing bucket, permissions
             raise ArtifactStoreError(
-                f"cannot read the artifact destination {self.destination}: {_one_line(exc)}"
+                f"cannot read the artifact destination {self.destination}: {first_line(exc)}"
             ) from None
         return through == direct
 
@@ -138,7 +139,7 @@ class DirectStore:
                 repository(f"{self.destination.rstrip('/')}/{rel}").log_artifact(str(probe))
             except Exception as exc:  # noqa: BLE001 - credentials, missing bucket, permissions
                 raise ArtifactStoreError(
-                    f"cannot write to the artifact destination {self.destination}: {_one_line(exc)}"
+                    f"cannot write to the artifact destination {self.destination}: {first_line(exc)}"
                 ) from None
             try:
                 proxied = repository(f"mlflow-artifacts:/{rel}", tracking_uri)
@@ -156,7 +157,7 @@ class DirectStore:
         try:
             repository(f"{self.destination.rstrip('/')}/{rel}").delete_artifacts()
         except Exception as exc:  # noqa: BLE001 - a left-over probe file is harmless
-            log.warning("could not remove the probe %s/%s: %s", self.destination, rel, _one_line(exc))
+            log.warning("could not remove the probe %s/%s: %s", self.destination, rel, first_line(exc))
         if "://" not in self.destination:  # a folder: its now empty probe folder goes too
             with contextlib.suppress(OSError):
                 (Path(self.destination) / PROBE_DIR).rmdir()
@@ -169,8 +170,3 @@ def repository(uri: str, tracking_uri: str | None = None, direct: DirectStore | 
 
     repo = direct.repo(uri) if direct is not None else None
     return repo if repo is not None else get_artifact_repository(uri, tracking_uri=tracking_uri)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return text.strip().splitlines()[0][:300] if text.strip() else type(exc).__name__

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from mlflow.exceptions import MlflowException
 from mlops import archive, artifacts, config, registry
 from mlops.artifacts import ArtifactStoreError, DirectStore
 from mlops.registry import version_filter
+from mlops.util import first_line, paged, pages
 
 log = logging.getLogger(__name__)
 
@@ -183,14 +185,8 @@ def db_max_versions(backend_uri: str | None) -> dict[str, int] | None:
 
 
 def _search_versions(client: MlflowClient, name: str) -> list:
-    quoted = version_filter(name)
-    out, token = [], None
-    while True:
-        page = client.search_model_versions(quoted, max_results=10000, page_token=token)
-        out.extend(v for v in page if v.name == name)
-        token = page.token
-        if not token:
-            return sorted(out, key=lambda v: int(v.version))
+    found = paged(client.search_model_versions, filter_string=version_filter(name), max_results=10000)
+    return sorted((v for v in found if v.name == name), key=lambda v: int(v.version))
 
 
 def _history_versions(tags: dict) -> set[int]:
@@ -319,23 +315,14 @@ def fetch_runs(client: MlflowClient, run_ids: set[str]) -> dict:
     found: dict = {}
     ids = sorted(run_ids)
     try:
-        exps, token = [], None
-        while ids:
-            page = client.search_experiments(view_type=ViewType.ALL, max_results=1000, page_token=token)
-            exps.extend(e.experiment_id for e in page)
-            token = page.token
-            if not token:
-                break
+        exps = [e.experiment_id for e in paged(client.search_experiments, view_type=ViewType.ALL,
+                                               max_results=1000)] if ids else []
         for i in range(0, len(ids), 100):
             chunk = ids[i:i + 100]
             filt = "attributes.run_id IN (" + ", ".join(f"'{r}'" for r in chunk) + ")"
-            token = None
-            while True:
-                page = client.search_runs(exps, filt, run_view_type=ViewType.ALL, max_results=1000, page_token=token)
-                found.update((r.info.run_id, r) for r in page if r.info.run_id in run_ids)
-                token = page.token
-                if not token:
-                    break
+            found.update((r.info.run_id, r) for r in paged(
+                client.search_runs, experiment_ids=exps, filter_string=filt, run_view_type=ViewType.ALL,
+                max_results=1000) if r.info.run_id in run_ids)
     except MlflowException as exc:
         log.debug("batched run lookup failed (%s); reading runs one by one", exc)
     for rid in ids:
@@ -657,13 +644,11 @@ def fetch_logged_models(client: MlflowClient, model_ids: set[str], experiment_id
     if not model_ids or not experiment_ids:
         return found
     budget = 3 * (len(model_ids) // 100 + 1)
-    token = None
     try:
-        for _ in range(budget):
-            page = client.search_logged_models(sorted(experiment_ids), max_results=100, page_token=token)
+        listing = pages(client.search_logged_models, experiment_ids=sorted(experiment_ids), max_results=100)
+        for page in itertools.islice(listing, budget):
             found.update((lm.model_id, lm) for lm in page if lm.model_id in model_ids)
-            token = page.token
-            if not token or len(found) == len(model_ids):
+            if len(found) == len(model_ids):
                 break
     except MlflowException as exc:
         log.debug("batched logged-model lookup failed (%s); reading them one by one", exc)
@@ -685,8 +670,7 @@ def _parallel_get(fn, keys, workers: int, label: str) -> dict:
             try:
                 out[futures[fut]] = fut.result()
             except Exception as exc:  # noqa: BLE001 - one line naming what failed
-                msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-                raise BackupError(f"cannot read {label} {futures[fut]}: {msg.splitlines()[0]}") from None
+                raise BackupError(f"cannot read {label} {futures[fut]}: {first_line(exc)}") from None
     return out
 
 
@@ -718,8 +702,7 @@ def _collect(client, staging, runs, histories, lm_objs, sources, workers, on_pro
                 except BackupError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - one line naming what failed
-                    msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-                    raise BackupError(f"cannot back up {kind.replace('_', ' ')} {key}: {msg.splitlines()[0]}") from exc
+                    raise BackupError(f"cannot back up {kind.replace('_', ' ')} {key}: {first_line(exc)}") from exc
                 if kind == "run":
                     out_runs[key] = rec
                 elif kind == "logged_model":

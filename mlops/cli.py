@@ -16,6 +16,7 @@ import click
 
 from mlops import config
 from mlops.errors import MlopsError
+from mlops.util import first_line
 
 TRACKING_HELP = "Tracking server or store URI (default: $MLFLOW_TRACKING_URI, else the embedded mlruns/ store)."
 
@@ -112,8 +113,7 @@ class Group(click.Group):
         except Exception as exc:  # noqa: BLE001 - last resort: one line, details with MLOPS_DEBUG=1
             if os.environ.get("MLOPS_DEBUG"):
                 raise
-            msg = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-            fail(f"{type(exc).__name__}: {msg.splitlines()[0]}")
+            fail(f"{type(exc).__name__}: {first_line(exc)}")
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})

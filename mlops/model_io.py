@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.errors import MlopsError
+from mlops.util import first_line
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ def smoke_test(model: LoadedModel) -> Any:
     try:
         preds = model.pyfunc.predict(model.input_example)
     except Exception as exc:  # noqa: BLE001
-        raise ModelLoadError(f"smoke prediction failed: {_first_line(exc)}") from exc
+        raise ModelLoadError(f"smoke prediction failed: {first_line(str(exc)) if str(exc).strip() else type(exc).__name__}") from exc
     if preds is None or len(preds) == 0:
         raise ModelLoadError("smoke prediction returned nothing")
     return preds
@@ -152,11 +153,6 @@ def synthetic_example(model: LoadedModel):
         else:
             return None
     return pd.DataFrame(row)
-
-
-def _first_line(exc: Exception) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:500] if lines else type(exc).__name__
 
 
 def preflight(name: str, version: str | int, tracking_uri: str | None = None) -> LoadedModel:

@@ -22,6 +22,7 @@ from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
 from mlops import config, errors
+from mlops.util import paged
 
 log = logging.getLogger(__name__)
 
@@ -362,10 +363,4 @@ def version_filter(name: str) -> str:
 
 
 def _all_models(client: MlflowClient):
-    token = None
-    while True:
-        page = client.search_registered_models(max_results=200, page_token=token)
-        yield from page
-        token = page.token
-        if not token:
-            return
+    return paged(client.search_registered_models, max_results=200)

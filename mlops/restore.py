@@ -52,6 +52,7 @@ from mlflow.exceptions import MlflowException
 from mlops import archive, artifacts, config, registry, restore_db
 from mlops.artifacts import ArtifactStoreError, DirectStore
 from mlops.backup import tracking_uri_set
+from mlops.util import first_line, paged
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +96,6 @@ class RestoreResult:
 
 def _not_found(exc: MlflowException) -> bool:
     return "RESOURCE_DOES_NOT_EXIST" in str(getattr(exc, "error_code", "")) or "not found" in str(exc).lower()
-
-
-def _msg(exc: BaseException) -> str:
-    text = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def own_tags(tags: dict[str, str]) -> dict[str, str]:
@@ -236,7 +232,7 @@ class _Restorer:
                 try:
                     f.result()
                 except Exception as exc:  # noqa: BLE001 - every failure is collected and reported
-                    errors.append(f"{label}: {_msg(exc)}")
+                    errors.append(f"{label}: {first_line(exc)}")
                     break
             self.tick(label)
         if errors:
@@ -260,25 +256,16 @@ class _Restorer:
                     self.client.set_experiment_tag(new_id, k, v)
             self.exp_map[eid] = new_id
 
-    def _search_all(self, fn, **kw) -> list:
-        out, token = [], None
-        while True:
-            page = fn(page_token=token, **kw)
-            out.extend(page)
-            token = page.token
-            if not token:
-                return out
-
     def existing_runs(self) -> dict[str, object]:
         """Complete runs restored earlier, by source run id (partial ones are deleted)."""
         found = {}
         ids = sorted(set(self.exp_map.values()))
         if not ids:
             return found
-        runs = self._search_all(
+        runs = list(paged(
             self.client.search_runs, experiment_ids=ids, filter_string=f"tags.`{PROV_RUN}` LIKE '%'",
             run_view_type=ViewType.ALL, max_results=1000,
-        )
+        ))
         for r in runs:
             src = r.data.tags.get(PROV_RUN) or ""
             if src.startswith(PARTIAL_PREFIX):
@@ -297,10 +284,10 @@ class _Restorer:
         ids = sorted(set(self.exp_map.values()))
         if not ids:
             return found
-        lms = self._search_all(
+        lms = list(paged(
             self.client.search_logged_models, experiment_ids=ids,
             filter_string=f"tags.`{PROV_MODEL}` LIKE '%'", max_results=100,
-        )
+        ))
         for lm in lms:
             src = (lm.tags or {}).get(PROV_MODEL)
             status = getattr(lm.status, "value", None) or str(lm.status)
@@ -444,7 +431,7 @@ class _Restorer:
             try:
                 self.fix_model_versions_tag(lm_recs[mid], new_id, new_id in self.fresh_lms)
             except MlflowException as exc:
-                self.failures.append(f"logged model {mid}: cannot reset {MODEL_VERSIONS_TAG}: {_msg(exc)}")
+                self.failures.append(f"logged model {mid}: cannot reset {MODEL_VERSIONS_TAG}: {first_line(exc)}")
         if self.failures:
             return  # keep the resume state: the next run of the same restore finishes the job
         self.remove_provenance()
@@ -456,7 +443,7 @@ class _Restorer:
                     if self.client.get_run(self.run_map[rid]).info.lifecycle_stage == "active":
                         self.client.delete_run(self.run_map[rid])
                 except MlflowException as exc:
-                    self.failures.append(f"run {rid}: cannot mark deleted: {_msg(exc)}")
+                    self.failures.append(f"run {rid}: cannot mark deleted: {first_line(exc)}")
 
     def remove_provenance(self) -> None:
         """Delete every ``mlops.restore.*`` tag this restore (or an interrupted earlier run of it)
@@ -600,7 +587,7 @@ def _target_state(client: MlflowClient, name: str, backup_id: str) -> str:
     except MlflowException as exc:
         if _not_found(exc):
             return "new"
-        raise RestoreError(f"cannot read registered model '{name}' in the target: {_msg(exc)}") from None
+        raise RestoreError(f"cannot read registered model '{name}' in the target: {first_line(exc)}") from None
     tags = rm.tags or {}
     if tags.get(IN_PROGRESS_TAG) == backup_id:
         return "resume"
@@ -923,7 +910,7 @@ def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[di
             result.versions += live
             result.placeholders += deleted
     except MlflowException as exc:
-        raise RestoreError(f"the archive holds something MLflow does not accept: {_msg(exc)}; nothing was changed") from None
+        raise RestoreError(f"the archive holds something MLflow does not accept: {first_line(exc)}; nothing was changed") from None
 
     r.upload_all(uploads)
     for m in selected:
@@ -933,7 +920,7 @@ def _restore_rows(r: _Restorer, engine, result: RestoreResult, selected: list[di
     try:
         restore_db.write(engine, b.rows)
     except Exception as exc:  # noqa: BLE001 - a database error of any kind is one line
-        raise RestoreError(f"writing to the database failed, nothing was written to it: {_msg(exc)}") from None
+        raise RestoreError(f"writing to the database failed, nothing was written to it: {first_line(exc)}") from None
     log.info("wrote %d rows into the database in one transaction", b.rows.count())
     r.tick("registered models", sum(int(m["max_version"]) for m in selected))
 
@@ -1034,7 +1021,7 @@ def _parallel(r: _Restorer, keys: list, fn, label: str, tick: bool = True):
                 out, err = fut.result(), None
             except Exception as exc:  # noqa: BLE001 - every failure is collected and reported
                 log.debug("restoring %s %s failed", label, k, exc_info=True)
-                out, err = None, _msg(exc)
+                out, err = None, first_line(exc)
             if tick:
                 r.tick(f"{label} {k}")
             yield k, out, err

@@ -27,6 +27,7 @@ from mlflow.exceptions import MlflowException
 
 from mlops import errors, registry
 from mlops.config import password_problem, redact_uri
+from mlops.util import first_line, paged
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def open_engine(uri: str):
         engine = create_sqlalchemy_engine(uri)
         current = _get_schema_version(engine)
     except Exception as exc:  # noqa: BLE001 - any driver or URL error becomes one line
-        raise DatabaseTargetError(f"cannot open the database {redact_uri(uri)}: {str(exc).splitlines()[0]}") from None
+        raise DatabaseTargetError(f"cannot open the database {redact_uri(uri)}: {first_line(str(exc))}") from None
     head = _get_latest_schema_revision()
     if current != head:
         raise DatabaseTargetError(
@@ -78,13 +79,8 @@ def check_server_database(engine, client) -> None:
     from mlflow.store.tracking.dbmodels.models import SqlExperiment
     from sqlalchemy import select
 
-    listed, token = {}, None
-    while True:
-        page = client.search_experiments(view_type=ViewType.ALL, max_results=1000, page_token=token)
-        listed.update({str(e.experiment_id): (e.name, e.creation_time) for e in page})
-        token = page.token
-        if not token:
-            break
+    listed = {str(e.experiment_id): (e.name, e.creation_time)
+              for e in paged(client.search_experiments, view_type=ViewType.ALL, max_results=1000)}
     with engine.connect() as conn:
         rows = conn.execute(select(SqlExperiment.experiment_id, SqlExperiment.name, SqlExperiment.creation_time))
         found = {str(i): (n, t) for i, n, t in rows}

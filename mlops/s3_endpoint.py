@@ -30,11 +30,12 @@ import os
 import re
 import signal
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+
+from mlops.util import atomic_write
 
 log = logging.getLogger("mlops.s3_endpoint")
 
@@ -42,21 +43,6 @@ READY_PATH = "/_stack/ready"
 MANIFEST = "manifest.json"
 _WRITE_METHODS = {"PUT", "POST", "DELETE"}
 _CREDENTIAL = re.compile(r"Credential=([^/,\s]+)/")
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _object_file(bucket: str, key: str) -> str:
@@ -98,7 +84,7 @@ class Mirror:
 
     def _write_manifest(self) -> None:
         body = json.dumps({"format": 1, "buckets": self.manifest}, indent=1, sort_keys=True)
-        _atomic_write(self.data_dir / MANIFEST, body.encode())
+        atomic_write(self.data_dir / MANIFEST, body.encode(), mode=0o600)
 
     def load(self) -> int:
         """Put every bucket and object of the mirror into the (empty) endpoint; return the count."""
@@ -143,7 +129,7 @@ class Mirror:
                         continue  # deleted since the listing; that delete marks the state dirty again
                     body = got["Body"].read()
                     name = _object_file(bucket, key)
-                    _atomic_write(self.objects_dir / name, body)
+                    atomic_write(self.objects_dir / name, body, mode=0o600)
                     current[bucket][key] = {
                         "file": name, "etag": got["ETag"], "size": len(body),
                         "content_type": got.get("ContentType"), "metadata": got.get("Metadata") or {},

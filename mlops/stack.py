@@ -30,7 +30,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +38,7 @@ from pathlib import Path
 
 from mlops import config
 from mlops.errors import MlopsError
+from mlops.util import atomic_write, first_line, free_port, wait_for
 
 log = logging.getLogger(__name__)
 
@@ -82,19 +82,6 @@ def default_dir() -> Path:
 # --------------------------------------------------------------------------- files
 
 
-def _atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to ``path`` via a temporary file and a rename, with permissions ``mode``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_state(stack_dir: Path) -> dict:
     """``stack.json`` of ``stack_dir`` ({} when there is none)."""
     path = stack_dir / STATE_FILE
@@ -102,7 +89,7 @@ def load_state(stack_dir: Path) -> dict:
 
 
 def _save_state(stack_dir: Path, state: dict) -> None:
-    _atomic_write(stack_dir / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
+    atomic_write(stack_dir / STATE_FILE, json.dumps(state, indent=2, sort_keys=True) + "\n")
 
 
 def load_secrets(stack_dir: Path) -> dict:
@@ -123,7 +110,7 @@ def _ensure_secrets(stack_dir: Path) -> dict:
         data["db_password"] = os.environ["MLOPS_STACK_DB_PASSWORD"]
     path = stack_dir / SECRETS_FILE
     if data != before or not path.exists() or path.stat().st_mode & 0o077:
-        _atomic_write(stack_dir / SECRETS_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o600)
+        atomic_write(stack_dir / SECRETS_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o600)
     return data
 
 
@@ -228,13 +215,6 @@ def _port_in_use(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((HOST, port)) == 0
-
-
-def free_port() -> int:
-    """An ephemeral port free right now on HOST."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def _base_env(tag: str, **extra: str | int | Path) -> dict[str, str]:
@@ -367,7 +347,7 @@ def _init_postgres(s: Settings, secrets: dict, ids: tuple[int, int] | None) -> N
     if (data / "PG_VERSION").exists():
         return
     pwfile = pg_dir / ".pwfile"
-    _atomic_write(pwfile, secrets["postgres_superuser_password"] + "\n", 0o600)
+    atomic_write(pwfile, secrets["postgres_superuser_password"] + "\n", 0o600)
     if ids:
         os.chown(pwfile, *ids)
     cmd = [_pg_bin("initdb"), "-D", str(data), "-U", "postgres", f"--pwfile={pwfile}", "-A", "scram-sha-256",
@@ -440,7 +420,7 @@ def check(name: str, ports: dict[str, int], secrets: dict, bucket: str = "mlflow
         try:
             conn = _pg_connect(port, DB_USER, secrets["db_password"], DB_NAME)
         except Exception as exc:  # noqa: BLE001 - any failure means "not healthy yet"
-            return False, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            return False, first_line(str(exc)) if str(exc).strip() else type(exc).__name__
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT version()")
@@ -477,18 +457,15 @@ def check(name: str, ports: dict[str, int], secrets: dict, bucket: str = "mlflow
 
 def _wait(name: str, entry: dict, log_path: Path, timeout: float, probe: Callable[[], tuple[bool, str]]) -> str:
     """Poll ``probe`` until healthy; fail with the log tail if the process exits or time runs out."""
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while True:
-        alive = bool(_members(entry))
-        if not alive:
+    def alive_and_healthy() -> tuple[bool, str]:
+        if not _members(entry):
             raise StackError(f"{name} exited during start-up; last lines of {log_path}:\n{log_tail(log_path)}")
-        ok, last = probe()
-        if ok:
-            return last
-        if time.monotonic() > deadline:
-            raise StackError(f"{name} not healthy after {timeout:.0f}s ({last}); last lines of {log_path}:\n{log_tail(log_path)}")
-        time.sleep(0.25)
+        return probe()
+
+    ok, last = wait_for(alive_and_healthy, timeout, interval=0.25)
+    if not ok:
+        raise StackError(f"{name} not healthy after {timeout:.0f}s ({last}); last lines of {log_path}:\n{log_tail(log_path)}")
+    return last
 
 
 # --------------------------------------------------------------------------- up / down / status

@@ -4,24 +4,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import requests
 
+from mlops.util import free_port, wait_for
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """An ephemeral port that is free right now on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sqlite_uri(folder: Path) -> str:
@@ -72,19 +65,21 @@ class Service:
 
     def wait_http(self, url: str, timeout: float = 120, ok=(200,)) -> requests.Response:
         """Poll ``url`` until it answers one of ``ok``; fail with the log tail on timeout or exit."""
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
+        answered: list[requests.Response] = []
+
+        def probe() -> tuple[bool, str]:
             if self.proc.poll() is not None:
                 raise AssertionError(f"{self.cmd[0]} exited {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 r = requests.get(url, timeout=2)
-                if r.status_code in ok:
-                    return r
-                last = f"HTTP {r.status_code}"
             except requests.RequestException as exc:
-                last = type(exc).__name__
-            time.sleep(0.2)
+                return False, type(exc).__name__
+            answered[:] = [r]
+            return r.status_code in ok, f"HTTP {r.status_code}"
+
+        healthy, last = wait_for(probe, timeout, interval=0.2)
+        if healthy:
+            return answered[0]
         raise AssertionError(f"{url} not healthy after {timeout}s (last: {last}):\n{self.log_tail()}")
 
     def stop(self, timeout: float = 20) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -72,20 +71,12 @@ def ui(host: str, port: int, tracking_uri: str) -> None:
 @click.option("--timeout", type=float, default=120, show_default=True, help="Seconds to wait.")
 def wait_ready(url: str, timeout: float) -> None:
     """Wait until the serving service answers 200 on /ready."""
-    import requests
+    from mlops.util import http_probe, wait_for
 
-    deadline = time.monotonic() + timeout
-    last = "no answer"
-    while time.monotonic() < deadline:
-        try:
-            r = requests.get(url.rstrip("/") + "/ready", timeout=2)
-            if r.status_code == 200:
-                click.echo(f"ready: {url}")
-                return
-            last = f"HTTP {r.status_code} {r.text[:200]}"
-        except requests.RequestException as exc:
-            last = type(exc).__name__
-        time.sleep(0.3)
+    ok, last = wait_for(http_probe(url.rstrip("/") + "/ready"), timeout, interval=0.3)
+    if ok:
+        click.echo(f"ready: {url}")
+        return
     fail(f"{url} not ready after {timeout:.0f}s (last: {last}); see logs/app.log")
 
 
