@@ -70,7 +70,7 @@ own endpoint) always validates that way.
 | more columns than `MAX_COLUMNS` (default 2048) are 400 `TOO_MANY_COLUMNS` (MLflow ignores any number of extra columns) | a huge header must not cost the service its time | `issue14_too_many_columns` |
 | bodies above `MAX_BODY_BYTES` are 413 `PAYLOAD_TOO_LARGE` (MLflow has no limit) | memory and time per request stay bounded | `tests/serving/test_service.py` |
 | where MLflow answers 5xx to input it cannot use, 400 `BAD_REQUEST` | bad input is never a server error | - |
-| `GET /ping` answers a JSON object (`ready`, model name and version) where MLflow answers `"\\n"`; the status is the same, and 503 until a model is loaded | clients check the status; the body says what is served | `test_scoring_server_client[ping]` |
+| `GET /ping` is 503 (with a JSON reason) until a model is loaded; MLflow's server does not listen before its model is loaded | a load balancer can start the service before the registry answers | - |
 """
 
 

@@ -257,8 +257,14 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
 
         return Response(VERSION, status=200, mimetype="application/json")
 
-    @app.get("/ready")
     @app.get("/ping")
+    def ping():
+        """MLflow's health check: 200 with MLflow's body (a newline) once a model is loaded."""
+        if manager.current is None:
+            return ready()
+        return Response("\n", status=200, mimetype="application/json")
+
+    @app.get("/ready")
     def ready():
         rt = manager.current
         if rt is None:

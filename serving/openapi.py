@@ -149,8 +149,8 @@ def build(runtime, settings) -> dict[str, Any]:
                               **invocations_errors},
             }},
             "/ping": {"get": {
-                "summary": "Health check of `mlflow models serve` (the same as /ready)",
-                "responses": {"200": {"description": "Ready", "content": {"application/json": {"schema": {"type": "object"}}}},
+                "summary": "Health check of `mlflow models serve`: 200 with its body (a newline) once a model is loaded",
+                "responses": {"200": {"description": "Ready", "content": {"application/json": {"schema": {"type": "string"}}}},
                               "503": _error("No model loaded yet")},
             }},
             "/version": {"get": {

@@ -722,10 +722,9 @@ def compare(pair: Pair, case: Case) -> None:
         assert ours.status_code < 500, ours.text
         _results[case.id] = "intentional"
         return
-    if case.path == "/ping":
-        assert theirs.status_code == ours.status_code == 200
-    elif case.path == "/version":
+    if case.path in ("/ping", "/version"):
         assert ours.status_code == theirs.status_code == 200 and ours.text == theirs.text
+        assert ours.headers["Content-Type"] == theirs.headers["Content-Type"]
     else:
         assert got == expected, f"mlflow: {theirs.status_code} {theirs.text[:600]}\nours:   {ours.status_code} {ours.text[:600]}"
     _results[case.id] = "same"
