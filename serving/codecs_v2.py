@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
 from serving.inputs import (
+    ColumnSpec,
     InputError,
     InputSpec,
     ParsedInput,
@@ -30,6 +32,9 @@ from serving.inputs import (
     _to_frame,
     max_columns,
 )
+
+if TYPE_CHECKING:
+    from serving.runtime import ModelRuntime, Prediction
 
 #: The name of the single 2-D tensor form (KServe's and MLServer's default input name).
 MATRIX_INPUT = "input-0"
@@ -101,18 +106,18 @@ def decode(body: bytes) -> dict:
     return payload
 
 
-def has_proba(runtime) -> bool:
+def has_proba(runtime: ModelRuntime) -> bool:
     """True when the served model answers class probabilities."""
     sk = runtime.loaded.sklearn_model
     return runtime.classes is not None and sk is not None and hasattr(sk, "predict_proba")
 
 
-def output_names(runtime) -> tuple[str, ...]:
+def output_names(runtime: ModelRuntime) -> tuple[str, ...]:
     """The outputs this model produces."""
     return (PREDICTIONS, PROBABILITIES) if has_proba(runtime) else (PREDICTIONS,)
 
 
-def to_request(payload: dict, runtime, body: bytes | None = None) -> V2Request:
+def to_request(payload: dict, runtime: ModelRuntime, body: bytes | None = None) -> V2Request:
     """Check a decoded inference request against the served model; 400 naming the tensor.
 
     ``body`` (the raw request) lets the common numeric request skip the per-tensor checks: without
@@ -182,7 +187,7 @@ def _fast_columns(raw: Any, spec: InputSpec, params: dict | None) -> ParsedInput
     return ParsedInput(arr, None, params, n, FMT)
 
 
-def _requested_outputs(raw: Any, runtime) -> tuple[str, ...]:
+def _requested_outputs(raw: Any, runtime: ModelRuntime) -> tuple[str, ...]:
     available = output_names(runtime)
     if raw is None or raw == []:
         return available
@@ -282,7 +287,7 @@ def _flatten(data: list, ndim: int, label: str) -> list:
     return data
 
 
-def _params(parameters: dict | None, runtime) -> dict | None:
+def _params(parameters: dict | None, runtime: ModelRuntime) -> dict | None:
     """The request parameters the model's signature declares (MLflow params); others are ignored."""
     if not parameters:
         return None
@@ -425,12 +430,12 @@ def _one_type(spec: InputSpec) -> bool:
     return len({s.type for s in spec.specs}) == 1
 
 
-def _missing(t: Tensor, k: int, s, where: str = "") -> None:
+def _missing(t: Tensor, k: int, s: ColumnSpec, where: str = "") -> None:
     raise bad(f"input tensor '{short(t.name)}': element {k}{where} is a missing value (null); the model signature "
               f"requires a {s.type} in column '{short(s.name)}'")
 
 
-def _check_finite(arr: np.ndarray, spec: InputSpec, where) -> None:
+def _check_finite(arr: np.ndarray, spec: InputSpec, where: Callable[[int, int], str]) -> None:
     """400 at the first NaN/infinity in a required column (``where(row, col)`` names it)."""
     if spec.all_required:
         if np.isfinite(arr).all():
@@ -475,7 +480,7 @@ def output_tensor(name: str, values: Any) -> dict:
     return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
 
 
-def response(runtime, req: V2Request, result) -> dict:
+def response(runtime: ModelRuntime, req: V2Request, result: Prediction) -> dict:
     """The inference response for ``result`` (outputs in the order the model produces them)."""
     outputs = []
     if PREDICTIONS in req.outputs:
@@ -493,7 +498,7 @@ def response(runtime, req: V2Request, result) -> dict:
     return payload
 
 
-def metadata(runtime) -> dict:
+def metadata(runtime: ModelRuntime) -> dict:
     """Model metadata: one input tensor per signature column, the outputs with their datatypes."""
     spec = runtime.spec
     if spec is not None:
@@ -514,7 +519,7 @@ def metadata(runtime) -> dict:
     return doc
 
 
-def _tensor_inputs(signature) -> list[dict]:
+def _tensor_inputs(signature: Any) -> list[dict]:
     schema = getattr(signature, "inputs", None)
     if schema is None:
         return []
@@ -529,7 +534,7 @@ def _tensor_inputs(signature) -> list[dict]:
     return out
 
 
-def _label_datatype(runtime) -> str:
+def _label_datatype(runtime: ModelRuntime) -> str:
     """The datatype of the predictions, from the signature's outputs (else the classes)."""
     outputs = getattr(runtime.loaded.signature, "outputs", None)
     if outputs is not None and outputs.inputs:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata as pkg_metadata
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -21,6 +22,11 @@ from werkzeug.exceptions import HTTPException
 
 from serving import codecs_v2, inputs
 from serving.inputs import InputError
+
+if TYPE_CHECKING:
+    from serving.manager import ModelManager
+    from serving.runtime import ModelRuntime
+    from serving.settings import Settings
 
 log = logging.getLogger("serving.v2")
 
@@ -41,7 +47,7 @@ class Hooks:
     observe: Callable[..., None]
 
 
-def _json(payload, status: int = 200, headers: dict | None = None) -> Response:
+def _json(payload: object, status: int = 200, headers: dict | None = None) -> Response:
     return Response(orjson.dumps(payload, option=_DUMPS_OPTS, default=_default), status=status,
                     mimetype="application/json", headers=headers)
 
@@ -50,7 +56,7 @@ def _error(message: str, status: int, headers: dict | None = None) -> Response:
     return _json({"error": message}, status, headers)
 
 
-def _default(obj):
+def _default(obj: object) -> object:
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     if isinstance(obj, np.generic):
@@ -70,11 +76,11 @@ def is_v2_path(path: str) -> bool:
     return path == PREFIX or path.startswith(PREFIX + "/")
 
 
-def register(app: Flask, manager, settings, hooks: Hooks) -> None:
+def register(app: Flask, manager: ModelManager, settings: Settings, hooks: Hooks) -> None:
     """Add the V2 routes to ``app``; unmatched V2 paths (404, 405) answer ``{"error"}`` too."""
     app.register_blueprint(blueprint(manager, settings, hooks))
 
-    def routing_error(exc: HTTPException):
+    def routing_error(exc: HTTPException) -> Response | HTTPException:
         if is_v2_path(request.path):
             status = exc.code or 404
             what = (f"{request.method} is not allowed on {request.path}" if status == 405
@@ -88,18 +94,18 @@ def register(app: Flask, manager, settings, hooks: Hooks) -> None:
     app.register_error_handler(405, routing_error)
 
 
-def blueprint(manager, settings, hooks: Hooks) -> Blueprint:
+def blueprint(manager: ModelManager, settings: Settings, hooks: Hooks) -> Blueprint:
     """The V2 routes for the model ``manager`` serves."""
     bp = Blueprint("v2", __name__)
     server_version = _server_version()
 
     @bp.errorhandler(InputError)
-    def _input_error(exc: InputError):
+    def _input_error(exc: InputError) -> Response:
         headers = {"Retry-After": "1"} if exc.status == 503 else None
         return _error(exc.message, exc.status, headers)
 
     @bp.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException):
+    def _http_error(exc: HTTPException) -> Response:
         status = exc.code or 500
         message = exc.description or exc.name
         if status == 413:
@@ -107,7 +113,7 @@ def blueprint(manager, settings, hooks: Hooks) -> Blueprint:
         return _error(message, status)
 
     @bp.errorhandler(Exception)
-    def _unexpected(exc: Exception):
+    def _unexpected(exc: Exception) -> Response:
         rid = getattr(g, "rid", "-")
         log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc,
                   extra={"fields": {"request_id": rid}})
@@ -121,7 +127,7 @@ def blueprint(manager, settings, hooks: Hooks) -> Blueprint:
         headers = {k: v for k, v in resp.headers.items() if k == "WWW-Authenticate"}
         return _error(message, resp.status_code, headers)
 
-    def served(name: str, version: str | None):
+    def served(name: str, version: str | None) -> ModelRuntime:
         """The runtime serving ``name`` (and ``version``, if given); 404 / 503 otherwise."""
         rt = manager.current
         served_name = rt.name if rt is not None else settings.model_name
@@ -139,15 +145,15 @@ def blueprint(manager, settings, hooks: Hooks) -> Blueprint:
 
     @bp.get(PREFIX)
     @bp.get(PREFIX + "/")
-    def server_metadata():
+    def server_metadata() -> Response:
         return _json({"name": SERVER_NAME, "version": server_version, "extensions": []})
 
     @bp.get(PREFIX + "/health/live")
-    def live():
+    def live() -> Response:
         return _json({"live": True})
 
     @bp.get(PREFIX + "/health/ready")
-    def ready():
+    def ready() -> Response:
         if manager.current is None:
             return _json({"ready": False, "error": "no model loaded yet; see /health"}, 503, {"Retry-After": "1"})
         return _json({"ready": True})
@@ -156,7 +162,7 @@ def blueprint(manager, settings, hooks: Hooks) -> Blueprint:
 
     @bp.get(PREFIX + "/models/<name>")
     @bp.get(PREFIX + "/models/<name>/versions/<version>")
-    def model_metadata(name: str, version: str | None = None):
+    def model_metadata(name: str, version: str | None = None) -> Response:
         resp = denied()
         if resp is not None:
             return resp
@@ -164,7 +170,7 @@ def blueprint(manager, settings, hooks: Hooks) -> Blueprint:
 
     @bp.get(PREFIX + "/models/<name>/ready")
     @bp.get(PREFIX + "/models/<name>/versions/<version>/ready")
-    def model_ready(name: str, version: str | None = None):
+    def model_ready(name: str, version: str | None = None) -> Response:
         try:
             rt = served(name, version)
         except InputError as exc:
@@ -175,7 +181,7 @@ def blueprint(manager, settings, hooks: Hooks) -> Blueprint:
 
     @bp.post(PREFIX + "/models/<name>/infer")
     @bp.post(PREFIX + "/models/<name>/versions/<version>/infer")
-    def infer(name: str, version: str | None = None):
+    def infer(name: str, version: str | None = None) -> Response:
         resp = denied()
         if resp is not None:
             return resp
