@@ -21,6 +21,8 @@ from serving.inputs import InputError
 
 log = logging.getLogger("serving.compat")
 
+#: MLflow messages that start by echoing the whole input; their diagnosis follows the last "Error: ".
+_ECHOES = ("Failed to predict data", "Failed to enforce schema of data")
 #: How much of MLflow's own message an error body carries (its messages can echo the whole input).
 _MAX_MESSAGE = 500
 
@@ -80,9 +82,8 @@ def _error(status: int, code: str, mlflow_message: str, clearer: InputError | No
 def summary(message: str) -> str:
     """MLflow's diagnosis without the echo of the input (``Failed to predict data '...'``)."""
     text = str(message)
-    marker = "\nError: "
-    if marker in text:
-        text = text.rsplit(marker, 1)[1]
+    if text.startswith(_ECHOES) and "Error: " in text:
+        text = text.rsplit("Error: ", 1)[1]
     lines = [line for line in text.strip().splitlines() if line.strip()]
     first = lines[0] if lines else "invalid input"
     return first if len(first) <= _MAX_MESSAGE else first[: _MAX_MESSAGE - 3] + "..."

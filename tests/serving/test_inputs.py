@@ -403,3 +403,14 @@ def test_strict_input_setting():
     with pytest.raises(SettingsError, match="STRICT_INPUT"):
         Settings.from_env({"STRICT_INPUT": "maybe"})
     assert Settings.from_env({"STRICT_INPUT": "true"}).public()["strict_input"] is True
+
+
+def test_mlflow_messages_lose_the_echo_of_the_input():
+    from serving.compat import summary
+
+    echoed = ("Failed to predict data '   a  b\n0  1  2'. \nError: Failed to enforce schema of data '   a  b\n0  1  2' "
+              "with schema '['a': double (required)]'. Error: Model is missing inputs ['a'].")
+    assert summary(echoed) == "Model is missing inputs ['a']."
+    plain = "Invalid input. Failed to convert column a to type 'float64'. Error: 'ValueError()'"
+    assert summary(plain) == plain
+    assert len(summary("x" * 5000)) == 500 and summary("") == "invalid input"
