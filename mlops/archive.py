@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from mlops import env
 from mlops.errors import Refused
 from mlops.registry import RegistryError
 from mlops.util import atomic_writer
@@ -74,11 +75,11 @@ class Limits:
     a small archive, whose size says little, may unpack to more).
     """
 
-    max_files: int = 50_000
-    max_bytes: int = 512 * GiB
-    max_ratio: float = 200.0
-    ratio_floor_bytes: int = 64 * 1024**2
-    max_deleted_versions: int = 10_000
+    max_files: int = env.MLOPS_ARCHIVE_MAX_FILES.default
+    max_bytes: int = env.MLOPS_ARCHIVE_MAX_BYTES.default
+    max_ratio: float = env.MLOPS_ARCHIVE_MAX_RATIO.default
+    ratio_floor_bytes: int = env.MLOPS_ARCHIVE_RATIO_FLOOR_BYTES.default
+    max_deleted_versions: int = env.MLOPS_ARCHIVE_MAX_DELETED_VERSIONS.default
 
     @classmethod
     def from_env(cls) -> Limits:
@@ -87,13 +88,11 @@ class Limits:
         ``MLOPS_ARCHIVE_MAX_DELETED_VERSIONS``."""
         values = {}
         for f in fields(cls):
-            raw = os.environ.get(f"MLOPS_ARCHIVE_{f.name.upper()}")
-            if raw is None or not raw.strip():
-                continue
+            var = env.VARIABLES[f"MLOPS_ARCHIVE_{f.name.upper()}"]
             try:
-                values[f.name] = float(raw) if f.name == "max_ratio" else int(raw)
-            except ValueError:
-                raise ArchiveError(f"MLOPS_ARCHIVE_{f.name.upper()} must be a number, not {raw!r}") from None
+                values[f.name] = var.get()
+            except env.EnvError:
+                raise ArchiveError(f"{var.name} must be a number, not {var.raw()!r}") from None
         return cls(**values)
 
 

@@ -31,7 +31,7 @@ import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlops import archive, artifacts, config, registry
+from mlops import archive, artifacts, config, env, registry
 from mlops.artifacts import ArtifactStoreError, DirectStore
 from mlops.registry import version_filter
 from mlops.util import first_line, paged, pages
@@ -46,7 +46,7 @@ QUIET_RUN_URLS = "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"
 STAGING_PREFIX = ".mlops-backup-"
 STAGING_NAME = re.compile(r"^\.mlops-backup-(?:(?P<pid>\d+)-)?[A-Za-z0-9_]+$")
 PARTIAL_NAME = re.compile(r"^\..+?(?:\.(?P<pid>\d+))?\.[A-Za-z0-9_]+\.partial$")
-STALE_HOURS = 24.0
+STALE_HOURS = env.MLOPS_BACKUP_STALE_HOURS.default
 
 
 class BackupError(registry.RegistryError):
@@ -89,8 +89,8 @@ def stale_hours() -> float:
     """Age after which an earlier backup's leftovers are removed whoever owns them
     (``MLOPS_BACKUP_STALE_HOURS``, default 24)."""
     try:
-        return float(os.environ.get("MLOPS_BACKUP_STALE_HOURS", STALE_HOURS))
-    except ValueError:
+        return env.MLOPS_BACKUP_STALE_HOURS.get()
+    except env.EnvError:
         return STALE_HOURS
 
 
@@ -462,19 +462,14 @@ def tracking_uri_set(uri: str):
     """
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    saved_env = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", QUIET_RUN_URLS)}
     previous = tracking_utils._tracking_uri
-    mlflow.set_tracking_uri(uri)
-    os.environ[QUIET_RUN_URLS] = "true"  # else every set_terminated prints a link (and reads the run)
-    try:
-        yield
-    finally:
-        tracking_utils._tracking_uri = previous
-        for k, v in saved_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with env.preserved(env.MLFLOW_TRACKING_URI.name, QUIET_RUN_URLS):
+        mlflow.set_tracking_uri(uri)
+        os.environ[QUIET_RUN_URLS] = "true"  # else every set_terminated prints a link (and reads the run)
+        try:
+            yield
+        finally:
+            tracking_utils._tracking_uri = previous
 
 
 def backup(

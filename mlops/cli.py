@@ -14,7 +14,7 @@ import sys
 
 import click
 
-from mlops import config
+from mlops import config, env
 from mlops.errors import MlopsError
 from mlops.util import first_line
 
@@ -27,11 +27,11 @@ def tracking_option(f):
     The store itself is created on first use (``registry.get_client``), not here.
     """
 
-    @click.option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", default=None, help=TRACKING_HELP)
+    @click.option("--tracking-uri", envvar=env.MLFLOW_TRACKING_URI.name, default=None, help=TRACKING_HELP)
     @functools.wraps(f)
     def wrapper(*args, tracking_uri=None, **kwargs):
         uri = config.tracking_uri(tracking_uri)
-        os.environ["MLFLOW_TRACKING_URI"] = uri
+        os.environ[env.MLFLOW_TRACKING_URI.name] = uri
         return f(*args, tracking_uri=uri, **kwargs)
 
     return wrapper
@@ -111,7 +111,7 @@ class Group(click.Group):
         except MlopsError as exc:  # an operator error: its message as is
             fail(str(exc), exc.exit_code)
         except Exception as exc:  # noqa: BLE001 - last resort: one line, details with MLOPS_DEBUG=1
-            if os.environ.get("MLOPS_DEBUG"):
+            if env.MLOPS_DEBUG.get():
                 raise
             fail(f"{type(exc).__name__}: {first_line(exc)}")
 
@@ -150,9 +150,9 @@ def uri(tracking_uri: str) -> None:
     click.echo(tracking_uri)
 
 
-@cli.command()
+@cli.command("env")
 @tracking_option
-def env(tracking_uri: str) -> None:
+def env_(tracking_uri: str) -> None:
     """Print `export` lines for a shell: eval "$(mlops env)"."""
     click.echo(f"export MLFLOW_TRACKING_URI={tracking_uri}")
 

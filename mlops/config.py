@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from pathlib import Path
 from urllib.parse import quote
+
+from mlops import env
 
 DEFAULT_MODEL_NAME = "breast-cancer-classifier"
 
@@ -48,9 +49,9 @@ def postgres_uri(user: str, password: str, host: str, port: int, dbname: str,
 
 def project_home() -> Path:
     """The folder holding `mlruns/`, `models/`, `logs/` (``MLOPS_HOME``, else the checkout, else cwd)."""
-    env = os.environ.get("MLOPS_HOME")
-    if env:
-        return Path(env).resolve()
+    home = env.MLOPS_HOME.get()
+    if home:
+        return Path(home).resolve()
     checkout = Path(__file__).resolve().parents[1]
     if (checkout / "pyproject.toml").is_file() and (checkout / "MLproject").is_file():
         return checkout
@@ -71,7 +72,7 @@ def embedded_artifact_root(home: Path | None = None) -> str:
 
 def tracking_uri(explicit: str | None = None) -> str:
     """The tracking URI to use: explicit value, else ``MLFLOW_TRACKING_URI``, else the embedded store."""
-    return explicit or os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri()
+    return explicit or env.MLFLOW_TRACKING_URI.get() or embedded_tracking_uri()
 
 
 def is_local_sqlite(uri: str) -> bool:

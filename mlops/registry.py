@@ -11,7 +11,6 @@ import contextlib
 import getpass
 import json
 import logging
-import os
 import re
 import time
 import warnings
@@ -21,7 +20,7 @@ from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
 
-from mlops import config, errors
+from mlops import config, env, errors
 from mlops.util import paged
 
 log = logging.getLogger(__name__)
@@ -229,7 +228,7 @@ def promote(
     entries.append(
         HistoryEntry(
             time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            user=os.environ.get("MLOPS_USER") or _user(),
+            user=env.MLOPS_USER.get() or _user(),
             action=action,
             stage=stage,
             from_version=from_version,
@@ -278,12 +277,12 @@ def normalize_stage(stage: str) -> str:
 
 def notify_serving(url: str | None = None, token: str | None = None, timeout: float = 5.0) -> bool | None:
     """POST /api/model/reload to the serving service if ``SERVING_URL`` is set; None if not set."""
-    url = url or os.environ.get("SERVING_URL")
+    url = url or env.SERVING_URL.get()
     if not url:
         return None
     import requests
 
-    token = token or os.environ.get("ADMIN_TOKEN", "")
+    token = token or env.ADMIN_TOKEN.get()
     try:
         r = requests.post(
             url.rstrip("/") + "/api/model/reload",

@@ -49,7 +49,7 @@ from mlflow.entities import (
 )
 from mlflow.exceptions import MlflowException
 
-from mlops import archive, artifacts, config, registry, restore_db
+from mlops import archive, artifacts, config, env, registry, restore_db
 from mlops.artifacts import ArtifactStoreError, DirectStore
 from mlops.backup import tracking_uri_set
 from mlops.util import first_line, paged
@@ -1060,6 +1060,6 @@ def _plan(r, result, selected, states, clash, exp_ids, run_ids, lm_ids, source_k
 def default_workers() -> int:
     """Parallel transfers (``MLOPS_RESTORE_WORKERS``, default 8)."""
     try:
-        return max(1, int(os.environ.get("MLOPS_RESTORE_WORKERS", "8")))
-    except ValueError:
-        return 8
+        return max(1, env.MLOPS_RESTORE_WORKERS.get())
+    except env.EnvError:
+        return env.MLOPS_RESTORE_WORKERS.default

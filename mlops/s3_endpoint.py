@@ -26,7 +26,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import re
 import signal
 import sys
@@ -35,6 +34,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from mlops import env
 from mlops.util import atomic_write
 
 log = logging.getLogger("mlops.s3_endpoint")
@@ -239,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    access = os.environ.get("AWS_ACCESS_KEY_ID")
-    secret = os.environ.get("AWS_SECRET_ACCESS_KEY")
+    access = env.AWS_ACCESS_KEY_ID.get()
+    secret = env.AWS_SECRET_ACCESS_KEY.get()
     if not access or not secret:
         parser.error("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY must be set")
     return serve(args.host, args.port, args.data.resolve(), access, secret)

@@ -37,6 +37,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlops import config
+from mlops.env import (
+    MLFLOW_AUTH_ADMIN_PASSWORD,
+    MLFLOW_AUTH_ADMIN_USERNAME,
+    MLFLOW_FLASK_SERVER_SECRET_KEY,
+    MLOPS_STACK_ALLOWED_HOSTS,
+    MLOPS_STACK_AUTH_CACHE_TTL_SECONDS,
+    MLOPS_STACK_DB_PASSWORD,
+    MLOPS_STACK_DIR,
+    MLOPS_STACK_MLFLOW_PORT,
+    MLOPS_STACK_PG_PORT,
+    MLOPS_STACK_S3_PORT,
+    MLOPS_STACK_SERVING_PORT,
+    inherited,
+)
 from mlops.errors import MlopsError
 from mlops.util import atomic_write, first_line, free_port, wait_for
 
@@ -49,12 +63,13 @@ DEFAULT_PORTS = {"postgres": 25432, "s3": 29000, "mlflow": 25000, "serving": 250
 # Modules each component needs beyond the base install, and what installs them.
 REQUIREMENTS = {"s3": ("moto", "flask", "flask_cors", "werkzeug")}
 STACK_INSTALL = "pip install 'ml-devops-app[stack]' (or `make install`)"
-PORT_ENV = {
-    "postgres": "MLOPS_STACK_PG_PORT",
-    "s3": "MLOPS_STACK_S3_PORT",
-    "mlflow": "MLOPS_STACK_MLFLOW_PORT",
-    "serving": "MLOPS_STACK_SERVING_PORT",
+PORT_VARS = {
+    "postgres": MLOPS_STACK_PG_PORT,
+    "s3": MLOPS_STACK_S3_PORT,
+    "mlflow": MLOPS_STACK_MLFLOW_PORT,
+    "serving": MLOPS_STACK_SERVING_PORT,
 }
+PORT_ENV = {name: var.name for name, var in PORT_VARS.items()}
 HOST = "127.0.0.1"
 DB_NAME = "mlflow"
 DB_USER = "mlflow"
@@ -75,8 +90,8 @@ class StackError(MlopsError):
 
 def default_dir() -> Path:
     """``MLOPS_STACK_DIR``, else ``.stack/`` in the project home."""
-    env = os.environ.get("MLOPS_STACK_DIR")
-    return Path(env).resolve() if env else config.project_home() / ".stack"
+    folder = MLOPS_STACK_DIR.get()
+    return Path(folder).resolve() if folder else config.project_home() / ".stack"
 
 
 # --------------------------------------------------------------------------- files
@@ -106,8 +121,8 @@ def _ensure_secrets(stack_dir: Path) -> dict:
                 "flask_secret_key", "serving_password", "admin_token"):
         if not data.get(key):
             data[key] = _secrets.token_hex(10) if key == "s3_access_key" else _secrets.token_urlsafe(24)
-    if os.environ.get("MLOPS_STACK_DB_PASSWORD"):
-        data["db_password"] = os.environ["MLOPS_STACK_DB_PASSWORD"]
+    if MLOPS_STACK_DB_PASSWORD.is_set():
+        data["db_password"] = MLOPS_STACK_DB_PASSWORD.get()
     path = stack_dir / SECRETS_FILE
     if data != before or not path.exists() or path.stat().st_mode & 0o077:
         atomic_write(stack_dir / SECRETS_FILE, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o600)
@@ -220,7 +235,7 @@ def _port_in_use(port: int) -> bool:
 def _base_env(tag: str, **extra: str | int | Path) -> dict[str, str]:
     """The caller's environment without anything that would point a component elsewhere."""
     drop = ("MLFLOW_", "AWS_", "MODEL_", "SERVING_", "PGPASSWORD", "PGHOST", "PGPORT", "PGUSER")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env = inherited(drop=drop)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env["MLOPS_STACK_TAG"] = tag
     env.update({k: str(v) for k, v in extra.items()})
@@ -257,8 +272,8 @@ def resolve_ports(stack_dir: Path, given: dict[str, int | None]) -> dict[str, in
     ports = {}
     for name in COMPONENTS:
         value = given.get(name)
-        if value is None and os.environ.get(PORT_ENV[name]):
-            value = int(os.environ[PORT_ENV[name]])
+        if value is None:
+            value = PORT_VARS[name].get()
         if value is None:
             value = previous.get(name, DEFAULT_PORTS[name])
         ports[name] = value
@@ -408,8 +423,8 @@ def _s3_client(ports: dict[str, int], secrets: dict):
 
 
 def _admin_auth() -> tuple[str, str] | None:
-    password = os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD")
-    return (os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin", password) if password else None
+    password = MLFLOW_AUTH_ADMIN_PASSWORD.get()
+    return (MLFLOW_AUTH_ADMIN_USERNAME.get(), password) if password else None
 
 
 def check(name: str, ports: dict[str, int], secrets: dict, bucket: str = "mlflow",
@@ -533,20 +548,20 @@ def _launch(name: str, s: Settings, secrets: dict, stack_id: str) -> dict:
             MLFLOW_PORT=port,
             MLFLOW_WORKERS=s.mlflow_workers,
             MLFLOW_ALLOWED_HOSTS=",".join(filter(None, [
-                f"localhost,localhost:{port},{HOST},{HOST}:{port}", os.environ.get("MLOPS_STACK_ALLOWED_HOSTS")])),
+                f"localhost,localhost:{port},{HOST},{HOST}:{port}", MLOPS_STACK_ALLOWED_HOSTS.get()])),
             MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false",
             MLFLOW_AUTH="true" if s.auth else "false",
         )
         if s.auth:
             admin = _admin_auth()
             env.update(
-                MLFLOW_FLASK_SERVER_SECRET_KEY=os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets["flask_secret_key"],
+                MLFLOW_FLASK_SERVER_SECRET_KEY=MLFLOW_FLASK_SERVER_SECRET_KEY.get() or secrets["flask_secret_key"],
                 MLFLOW_AUTH_ADMIN_USERNAME=admin[0],
                 MLFLOW_AUTH_ADMIN_PASSWORD=admin[1],
                 MLFLOW_AUTH_DIR=str(s.stack_dir / "mlflow" / "auth"),
                 # One worker by default: a cached credential check goes stale only for changes
                 # made outside the server's API.
-                MLFLOW_AUTH_CACHE_TTL_SECONDS=os.environ.get("MLOPS_STACK_AUTH_CACHE_TTL_SECONDS", "60"),
+                MLFLOW_AUTH_CACHE_TTL_SECONDS=MLOPS_STACK_AUTH_CACHE_TTL_SECONDS.get(),
             )
         (s.stack_dir / "mlflow").mkdir(exist_ok=True)
         return _spawn(name, ["sh", str(ENTRYPOINTS / "mlflow-server.sh")], env, s, s.stack_dir / "mlflow")
@@ -560,7 +575,7 @@ def _launch(name: str, s: Settings, secrets: dict, stack_id: str) -> dict:
             MODEL_CACHE_DIR=s.stack_dir / "serving" / "models",
             LOG_DIR=s.stack_dir / "serving" / "logs",
         )
-        env.update({k: os.environ[k] for k in SERVING_PASSTHROUGH if os.environ.get(k)})
+        env.update(inherited(only=SERVING_PASSTHROUGH))
         env.setdefault("ADMIN_TOKEN", secrets["admin_token"])
         if s.auth:
             env.update(MLFLOW_TRACKING_USERNAME=SERVING_USER, MLFLOW_TRACKING_PASSWORD=secrets["serving_password"])
@@ -845,6 +860,6 @@ def export_lines(r: Running | dict) -> list[str]:
     auth = r.auth if isinstance(r, Running) else r.get("auth")
     lines = [f"export MLFLOW_TRACKING_URI={tracking_uri(ports)}"]
     if auth:
-        user = os.environ.get("MLFLOW_AUTH_ADMIN_USERNAME") or "admin"
+        user = MLFLOW_AUTH_ADMIN_USERNAME.get()
         lines += [f"export MLFLOW_TRACKING_USERNAME={user}", 'export MLFLOW_TRACKING_PASSWORD="$MLFLOW_AUTH_ADMIN_PASSWORD"']
     return lines

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+
+from mlops import env
 
 COLUMNS = [
     "mean radius", "mean texture", "mean perimeter", "mean area", "mean smoothness", "mean compactness",
@@ -161,7 +162,7 @@ def _percentile(sorted_values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", default=os.environ.get("SERVING_URL", "http://127.0.0.1:5000"),
+    p.add_argument("--url", default=env.SERVING_URL.get() or "http://127.0.0.1:5000",
                    help="serving base URL (default: $SERVING_URL, else http://127.0.0.1:5000)")
     p.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     p.add_argument("--seconds", type=float, default=30.0, help="duration (default 30)")
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.body and not args.body.is_file():
         p.error(f"--body {args.body}: no such file")
     body = args.body.read_bytes() if args.body else DEFAULT_BODY
-    headers = {"Authorization": f"Bearer {os.environ['API_TOKEN']}"} if os.environ.get("API_TOKEN") else {}
+    token = env.API_TOKEN.get()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
         requests.get(args.url.rstrip("/") + "/health", timeout=5)
     except requests.RequestException as exc:

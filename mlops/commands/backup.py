@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from mlops import registry
+from mlops import env, registry
 from mlops.cli import fail, tracking_option
 
 
@@ -80,10 +80,10 @@ class _Bar:
 @click.option("--models", default=None, help="Comma-separated registered model names (default: all).")
 @click.option("--verify", "verify", type=click.Path(path_type=Path), default=None, metavar="ARCHIVE",
               help="Check every checksum of ARCHIVE instead of writing a backup.")
-@click.option("--backend-store-uri", default=None, envvar="MLOPS_BACKEND_STORE_URI",
+@click.option("--backend-store-uri", default=None, envvar=env.MLOPS_BACKEND_STORE_URI.name,
               help="SQL URI of the tracking server's database, read-only: records deleted version "
                    "numbers above the highest live one when backing up through a server.")
-@click.option("--artifacts-destination", default=None, envvar="MLOPS_ARTIFACTS_DESTINATION", metavar="URI",
+@click.option("--artifacts-destination", default=None, envvar=env.MLOPS_ARTIFACTS_DESTINATION.name, metavar="URI",
               help="The tracking server's --artifacts-destination (s3://bucket/path or a folder), with "
                    "that store's credentials in the environment: proxied artifacts are read there directly "
                    "instead of one request each through the server. Checked against the server first.")
@@ -141,11 +141,11 @@ def backup(out: Path | None, models: str | None, verify: Path | None, backend_st
 @click.option("--dry-run", is_flag=True, help="Verify the archive and print what would be created; change nothing.")
 @click.option("--if-exists", type=click.Choice(["fail", "skip"]), default="fail", show_default=True,
               help="What to do with a model that already exists in the target registry.")
-@click.option("--artifacts-destination", default=None, envvar="MLOPS_ARTIFACTS_DESTINATION", metavar="URI",
+@click.option("--artifacts-destination", default=None, envvar=env.MLOPS_ARTIFACTS_DESTINATION.name, metavar="URI",
               help="The tracking server's --artifacts-destination (s3://bucket/path or a folder), with "
                    "that store's credentials in the environment: proxied artifacts are written there directly "
                    "instead of one request each through the server. Checked against the server first.")
-@click.option("--backend-store-uri", default=None, envvar="MLOPS_BACKEND_STORE_URI", metavar="URI",
+@click.option("--backend-store-uri", default=None, envvar=env.MLOPS_BACKEND_STORE_URI.name, metavar="URI",
               help="SQL URI of the tracking server's database (its --backend-store-uri): the registry's rows "
                    "are written there in one transaction instead of thousands of API calls. Checked against "
                    "the server first; must be at this MLflow's schema revision.")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import click
 
+from mlops import env
+
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40, "CRITICAL": 50}
 
 
@@ -46,7 +48,8 @@ def read_records(log_dir: Path):
 
 
 @click.command()
-@click.option("--log-dir", envvar="LOG_DIR", default="logs", show_default=True, type=click.Path(path_type=Path),
+@click.option("--log-dir", envvar=env.LOG_DIR.name, default=env.LOG_DIR.default, show_default=True,
+              type=click.Path(path_type=Path),
               help="Folder holding app.log (default: $LOG_DIR, else logs/).")
 @click.option("--since", default=None, help="Only lines newer than this: 30m, 8h, 7d.")
 @click.option("--level", type=click.Choice(list(LEVELS), case_sensitive=False), default=None,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from mlops import config
+from mlops import config, env
 from mlops.cli import fail, tracking_option
 
 
@@ -56,14 +56,14 @@ def ui(host: str, port: int, tracking_uri: str) -> None:
 
     On the embedded default this is a lean `mlflow server` on mlruns/ (one worker, no job runner).
     """
-    env = dict(os.environ, MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    child_env = env.inherited(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
     argv = ["mlflow", "server", "--host", host, "--port", str(port), "--workers", "1",
             "--backend-store-uri", tracking_uri]
     root = config.artifact_root_for(tracking_uri)
     if root:
         argv += ["--default-artifact-root", root, "--no-serve-artifacts"]
     exe = Path(sys.executable).with_name("mlflow")
-    os.execve(str(exe), [str(exe), *argv[1:]], env)
+    os.execve(str(exe), [str(exe), *argv[1:]], child_env)
 
 
 @click.command("wait-ready")
@@ -91,8 +91,8 @@ def sample(url: str, rows: int) -> None:
     frame = load_breast_cancer(as_frame=True).frame.drop(columns=["target"]).head(rows)
     body = {"dataframe_split": {"columns": list(frame.columns), "data": frame.values.tolist()}}
     headers = {"Content-Type": "application/json"}
-    if os.environ.get("API_TOKEN"):
-        headers["Authorization"] = f"Bearer {os.environ['API_TOKEN']}"
+    if token := env.API_TOKEN.get():
+        headers["Authorization"] = f"Bearer {token}"
     try:
         r = requests.post(url.rstrip("/") + "/api/predict", json=body, headers=headers, timeout=10)
     except requests.RequestException as exc:

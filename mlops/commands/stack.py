@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from mlops import env
 from mlops import stack as st
 
 DIR_HELP = "Stack folder: data, logs, state (default: $MLOPS_STACK_DIR, else .stack/ in the project home)."
@@ -43,12 +44,12 @@ def _port_option(name: str, flag: str):
 @_port_option("s3", "--s3-port")
 @_port_option("mlflow", "--mlflow-port")
 @_port_option("serving", "--serving-port")
-@click.option("--bucket", envvar="MLOPS_STACK_BUCKET", default="mlflow", show_default=True, help="Artifact bucket.")
-@click.option("--mlflow-workers", envvar="MLOPS_STACK_MLFLOW_WORKERS", type=int, default=1, show_default=True,
+@click.option("--bucket", envvar=env.MLOPS_STACK_BUCKET.name, default="mlflow", show_default=True, help="Artifact bucket.")
+@click.option("--mlflow-workers", envvar=env.MLOPS_STACK_MLFLOW_WORKERS.name, type=int, default=1, show_default=True,
               help="uvicorn workers of the tracking server.")
-@click.option("--serving-workers", envvar="MLOPS_STACK_SERVING_WORKERS", type=int, default=2, show_default=True,
+@click.option("--serving-workers", envvar=env.MLOPS_STACK_SERVING_WORKERS.name, type=int, default=2, show_default=True,
               help="gunicorn workers of the prediction service.")
-@click.option("--timeout", envvar="MLOPS_STACK_TIMEOUT", type=float, default=180, show_default=True,
+@click.option("--timeout", envvar=env.MLOPS_STACK_TIMEOUT.name, type=float, default=180, show_default=True,
               help="Seconds each component gets to become healthy.")
 def up_cmd(stack_dir, auth, no_serving, postgres_port, s3_port, mlflow_port, serving_port, bucket,
            mlflow_workers, serving_workers, timeout) -> None:
