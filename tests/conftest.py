@@ -29,7 +29,8 @@ def pytest_configure(config):
 
 
 #: The longest groups, started first so that two test processes finish close together.
-_LONG_FIRST = ("lifecycle", "serving", "test_operations_doc.py", "test_drill.py", "reliability")
+_LONG_FIRST = ("lifecycle", "serving", "serving/test_mlflow_parity.py", "test_operations_doc.py", "test_drill.py",
+               "reliability")
 
 
 def pytest_collection_modifyitems(config, items):
