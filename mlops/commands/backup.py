@@ -105,7 +105,7 @@ def backup(out: Path | None, models: str | None, verify: Path | None, backend_st
                  if ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE]
         if given:
             fail(f"--verify checks an existing archive; it takes no {', '.join(given)}")
-        from mlops.archive import verify_archive
+        from mlops.recovery.archive import verify_archive
 
         manifest = verify_archive(verify)
         click.echo(
@@ -114,7 +114,7 @@ def backup(out: Path | None, models: str | None, verify: Path | None, backend_st
             f"{manifest.get('mlflow_version')}; models: {', '.join(manifest.get('models', [])) or '-'}"
         )
         return
-    from mlops.backup import backup as run_backup
+    from mlops.recovery.backup import backup as run_backup
 
     _http_pool()
 
@@ -164,8 +164,8 @@ def restore(archive: Path, models: str | None, dry_run: bool, if_exists: str, ar
     transaction: an interrupted restore changes nothing. Through a server's API, re-running the
     same command finishes an interrupted restore without duplicating anything.
     """
-    from mlops.restore import RestoreError
-    from mlops.restore import restore as run_restore
+    from mlops.recovery.restore import RestoreError
+    from mlops.recovery.restore import restore as run_restore
 
     _http_pool()
 

@@ -17,8 +17,8 @@ import mlflow
 from mlflow import MlflowClient
 
 from mlops import config, registry
-from mlops.compare import diff  # noqa: F401 - the tests compare snapshots with it
-from mlops.compare import hash_dir as _hash_dir
+from mlops.recovery.compare import diff  # noqa: F401 - the tests compare snapshots with it
+from mlops.recovery.compare import hash_dir as _hash_dir
 
 NAME = "lc-model"
 OTHER = "lc-other"
@@ -216,7 +216,7 @@ def _run_snapshot(client: MlflowClient, run_id: str) -> dict:
 
 def snapshot(uri: str, name: str, counter_db: str | None = None) -> dict:
     """Everything a restore must reproduce for one model, without ids that legitimately change."""
-    from mlops.backup import db_max_versions
+    from mlops.recovery.source import db_max_versions
 
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     rm = client.get_registered_model(name)

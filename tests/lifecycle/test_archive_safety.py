@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mlops import archive as archive_mod
+from mlops.recovery import archive as archive_mod
 from tests.lifecycle.conftest import mlops
 
 

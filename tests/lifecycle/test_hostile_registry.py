@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from mlops import archive as archive_mod
 from mlops import config, registry
+from mlops.recovery import archive as archive_mod
 
 
 def _manifest(files: dict) -> bytes:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mlops import registry
-from mlops.backup import tracking_uri_set
+from mlops.recovery.backup import tracking_uri_set
 from tests.lifecycle import registry_data
 from tests.lifecycle.conftest import mlops
 

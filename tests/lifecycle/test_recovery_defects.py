@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from mlops import archive as archive_mod
-from mlops import backup as backup_mod
+from mlops.recovery import archive as archive_mod
+from mlops.recovery import backup as backup_mod
 from tests.helpers import clean_env, sqlite_uri
 from tests.lifecycle import registry_data
 from tests.lifecycle.conftest import mlops
@@ -384,7 +384,7 @@ CHILD = """
 import os, signal, sys
 from pathlib import Path
 from mlflow import MlflowClient
-from mlops import backup
+from mlops.recovery import backup
 uri, out, sig = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 def die(done, total, item):
     os.kill(os.getpid(), sig)

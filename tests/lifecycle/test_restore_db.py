@@ -1,4 +1,4 @@
-"""Rows written by mlops.restore_db read back exactly as what MLflow's own SQL store writes.
+"""Rows written by mlops.recovery.sql_rows read back exactly as what MLflow's own SQL store writes.
 
 The same run and logged model are logged through MLflow's API into one store and turned into rows
 by RowBuilder in another; both are then read through MLflow and must be equal, including the
@@ -22,7 +22,8 @@ from mlflow.entities import (
     RunTag,
 )
 
-from mlops import config, restore_db
+from mlops import config
+from mlops.recovery import sql_rows
 from tests.helpers import sqlite_uri
 
 T0 = 1_700_000_000_000
@@ -111,7 +112,7 @@ def test_rows_read_back_as_mlflow_wrote_them(stores):
     rows_client = MlflowClient(tracking_uri=rows_uri)
     exp_b = rows_client.create_experiment("e")
     engine = rows_client._tracking_client.store.engine
-    builder = restore_db.RowBuilder(engine)
+    builder = sql_rows.RowBuilder(engine)
     builder.known_datasets([exp_b])
     for n in ("1", "2"):
         rid, mid = uuid.uuid4().hex, f"m-{uuid.uuid4().hex}"
@@ -123,14 +124,14 @@ def test_rows_read_back_as_mlflow_wrote_them(stores):
                              params={"a": "1"}, tags={"k": "v"},
                              metrics=[{"key": "acc", "value": 0.97, "timestamp": T0, "step": 0, "run_id": rid}],
                              outputs=[(rid, 3)])
-    restore_db.write(engine, builder.rows)
+    sql_rows.write(engine, builder.rows)
 
     api, rows = _read(api_uri, exp_a), _read(rows_uri, exp_b)
     assert rows == api
     assert _count(api_uri, "datasets") == _count(rows_uri, "datasets") == 1  # one dataset row, used by both runs
     assert _count(api_uri, "latest_metrics") == _count(rows_uri, "latest_metrics") == 2 * 5  # loss, nan_metric, up, down, acc
     assert api[0]["latest"]["loss"] == 0.5 and api[0]["latest"]["nan_metric"] == 1.0  # the cases are real
-    assert api[0]["latest"]["up"] == restore_db.MAX_FLOAT
+    assert api[0]["latest"]["up"] == sql_rows.MAX_FLOAT
 
 
 def test_an_out_of_date_database_is_refused(tmp_path):
@@ -141,11 +142,11 @@ def test_an_out_of_date_database_is_refused(tmp_path):
     db = tmp_path / "mlruns" / "mlflow.db"
     with sqlite3.connect(db) as con:
         con.execute("UPDATE alembic_version SET version_num = 'abc123'")
-    with pytest.raises(restore_db.DatabaseTargetError, match="schema revision abc123"):
-        restore_db.open_engine(uri)
+    with pytest.raises(sql_rows.DatabaseTargetError, match="schema revision abc123"):
+        sql_rows.open_engine(uri)
     # A database that cannot be reached: one line, without the password.
-    with pytest.raises(restore_db.DatabaseTargetError, match=r"postgresql://mlflow:\*\*\*@") as err:
-        restore_db.open_engine("postgresql://mlflow:s3cret@127.0.0.1:1/mlflow")
+    with pytest.raises(sql_rows.DatabaseTargetError, match=r"postgresql://mlflow:\*\*\*@") as err:
+        sql_rows.open_engine("postgresql://mlflow:s3cret@127.0.0.1:1/mlflow")
     assert "s3cret" not in str(err.value) and "\n" not in str(err.value)
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from mlops import archive as archive_mod
-from mlops import backup as backup_mod
 from mlops import registry
-from mlops import restore as restore_mod
+from mlops.recovery import archive as archive_mod
+from mlops.recovery import backup as backup_mod
+from mlops.recovery import restore as restore_mod
+from mlops.recovery import sql_rows
 from tests.helpers import start_mlflow_server
 from tests.lifecycle import registry_data
 from tests.lifecycle.conftest import mlops
@@ -323,14 +324,14 @@ def test_a_restore_into_the_database_is_all_or_nothing(source_registry, archive,
     does the whole job."""
     uri = new_store(tmp_path)
     client = registry.get_client(uri)
-    real = restore_mod.restore_db.RowBuilder.registered_model
+    real = sql_rows.RowBuilder.registered_model
 
     def racing(self, m, *a, **kw):
         if m["name"] == NAME and not client.search_registered_models(f"name = '{NAME}'"):
             client.create_registered_model(NAME, description="created meanwhile by someone else")
         return real(self, m, *a, **kw)
 
-    monkeypatch.setattr(restore_mod.restore_db.RowBuilder, "registered_model", racing)
+    monkeypatch.setattr(sql_rows.RowBuilder, "registered_model", racing)
     with pytest.raises(restore_mod.RestoreError, match="nothing was written to it") as err:
         restore_mod.restore(client, archive)
     assert "\n" not in str(err.value)
@@ -338,7 +339,7 @@ def test_a_restore_into_the_database_is_all_or_nothing(source_registry, archive,
     assert client.get_registered_model(NAME).description == "created meanwhile by someone else"
     assert _counts(uri) == (0, 0)  # no run, no logged model of the failed restore
 
-    monkeypatch.setattr(restore_mod.restore_db.RowBuilder, "registered_model", real)
+    monkeypatch.setattr(sql_rows.RowBuilder, "registered_model", real)
     client.delete_registered_model(NAME)
     res = restore_mod.restore(client, archive)
     assert sorted(res.models) == [NAME, OTHER, PENGUINS]

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from mlops import backup, restore_db
+from mlops.recovery import backup, source, sql_rows
 from serving.settings import Settings
 
 PASSWORD = "Xq7#Zk9@Wm4/Pt8:Rv2"
@@ -30,8 +30,8 @@ def test_serving_settings_hide_the_tracking_password():
 
 def test_the_sql_restore_refusal_hides_the_database_password():
     uri = f"postgresql://mlflow:{PASSWORD}@127.0.0.1:1/mlflow"
-    with pytest.raises(restore_db.DatabaseTargetError) as err:
-        restore_db.open_engine(uri)
+    with pytest.raises(sql_rows.DatabaseTargetError) as err:
+        sql_rows.open_engine(uri)
     assert "***" in str(err.value) and not leaked(str(err.value)), str(err.value)
     assert "URL-encode" in str(err.value) and "\n" not in str(err.value)
 
@@ -40,8 +40,8 @@ def test_an_encoded_password_reaches_the_driver_and_is_still_hidden():
     from urllib.parse import quote
 
     uri = f"postgresql://mlflow:{quote(PASSWORD, safe='')}@127.0.0.1:1/mlflow"
-    with pytest.raises(restore_db.DatabaseTargetError) as err:
-        restore_db.open_engine(uri)
+    with pytest.raises(sql_rows.DatabaseTargetError) as err:
+        sql_rows.open_engine(uri)
     message = str(err.value)
     assert "cannot open the database" in message and "127.0.0.1" in message, message
     assert not leaked(message) and quote(PASSWORD, safe="") not in message, message
@@ -50,5 +50,5 @@ def test_an_encoded_password_reaches_the_driver_and_is_still_hidden():
 def test_the_backup_version_counter_error_hides_the_database_password():
     uri = f"postgresql://mlflow:{PASSWORD}@127.0.0.1:1/mlflow"
     with pytest.raises(backup.BackupError) as err:
-        backup.db_max_versions(uri)
+        source.db_max_versions(uri)
     assert "***" in str(err.value) and not leaked(str(err.value)), str(err.value)
