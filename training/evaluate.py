@@ -30,10 +30,17 @@ def metric_names(task: str) -> tuple[str, ...]:
 
 
 def predictions(model, X, task: str = "classification") -> tuple[np.ndarray, np.ndarray | None]:
-    """(predict, predict_proba or None) of ``model`` on ``X``: computed once, shared by metrics and plots."""
-    pred = model.predict(X)
-    proba = model.predict_proba(X) if task != "regression" and hasattr(model, "predict_proba") else None
-    return pred, proba
+    """(predict, predict_proba or None) of ``model`` on ``X``: computed once, shared by metrics and plots.
+
+    A pipeline's preprocessing runs once for both (as ``Pipeline.predict`` runs it: every step's
+    ``transform``, then the final estimator).
+    """
+    want_proba = task != "regression" and hasattr(model, "predict_proba")
+    if hasattr(model, "steps") and len(model.steps) > 1:
+        Xt, est = model[:-1].transform(X), model[-1]
+    else:
+        Xt, est = X, model
+    return est.predict(Xt), (est.predict_proba(Xt) if want_proba else None)
 
 
 def evaluate(model, X, y, task: str = "classification",
@@ -135,7 +142,7 @@ DEFAULT_GATE = {"regression": "r2>=0"}
 # Plots that need many predictions (permutation importance: columns x repeats full passes) or
 # draw one mark per row (regression scatter plots) use a fixed-seed sample of at most this many
 # holdout rows; smaller holdouts are used whole. Metrics and the other plots always use all rows.
-PLOT_SAMPLE_ROWS = 5_000
+PLOT_SAMPLE_ROWS = 2_000
 
 
 def plot_sample(X, y, seed: int, max_rows: int = PLOT_SAMPLE_ROWS):

@@ -34,7 +34,9 @@ def test_precomputed_predictions_give_the_same_metrics():
     plan = plan_columns(X)
     model = build_model("logistic_regression", HP, 0, CLASSIFICATION, plan).fit(prepare_frame(X, plan), y)
     Xp = prepare_frame(X, plan)
-    assert evaluate(model, Xp, y) == evaluate(model, Xp, y, CLASSIFICATION, predictions(model, Xp))
+    pred, proba = predictions(model, Xp)  # preprocessing once, same values as the pipeline's own calls
+    assert np.array_equal(pred, model.predict(Xp)) and np.array_equal(proba, model.predict_proba(Xp))
+    assert evaluate(model, Xp, y) == evaluate(model, Xp, y, CLASSIFICATION, (pred, proba))
 
 
 def test_sampled_plots_say_so_in_their_titles(tmp_path, monkeypatch):

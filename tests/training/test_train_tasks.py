@@ -74,7 +74,7 @@ def test_penguins_trains_multiclass_on_raw_text_and_missing_values(penguins, cli
     plots = {a.path for a in client.list_artifacts(penguins.run_id, "plots")}
     assert {"plots/confusion_matrix.png", "plots/permutation_importance.png"} <= plots
     assert "plots/roc_curve.png" not in plots  # binary only
-    # A small holdout is used whole by every plot (the sample cap only applies past 5,000 rows).
+    # A small holdout is used whole by every plot (the sample cap only applies past 2,000 rows).
     assert r.data.params["plot_sample_rows"] == r.data.params["n_test_rows"]
 
 
