@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 PIP_VERSION        := 26.3
 SETUPTOOLS_VERSION := 84.2.1
 
-.PHONY: help install audit weekly monthly drill run stop train ui serve status test test-fast lint bench bench-backup drill audit weekly monthly clean
+.PHONY: help install audit weekly monthly drill run stop train ui serve status test test-fast lint bench bench-backup bench-train drill audit weekly monthly clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -70,6 +70,9 @@ bench: $(STAMP) ## serving benchmark: ratios vs `mlflow models serve` and the ba
 
 bench-backup: $(STAMP) ## backup/restore benchmark (10 models x 20 versions)
 	@$(BIN)/python scripts/bench_backup.py
+
+bench-train: $(STAMP) ## training benchmark: `mlflow run -e train` vs a plain sklearn fit, 1M rows (ARGS='--model hist_gradient_boosting')
+	@$(BIN)/python scripts/bench_train.py $(ARGS)
 
 audit: $(STAMP) ## known-vulnerable installed dependencies (pip-audit + security/advisories.json)
 	@$(BIN)/python scripts/audit.py
