@@ -1,5 +1,5 @@
 """Test-suite wide set-up: tests never touch the repo's own store or a running service; under
-``-n`` (pytest-xdist) modules and shared-server packages stay whole on one worker."""
+``-n`` (pytest-xdist, ``--dist loadfile``) each module stays whole on one worker."""
 
 from __future__ import annotations
 
@@ -14,8 +14,6 @@ for _var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "SERVING_URL", "ADMIN
              "MODEL_NAME", "MODEL_STAGE", "MODEL_ALIAS"):
     os.environ.pop(_var, None)
 
-#: Packages whose tests share package- or session-scoped servers and stores: run as one unit.
-_SHARED_PACKAGES = ("lifecycle", "reliability", "serving")
 _NUMBERS_ENV = "MLOPS_TEST_NUMBERS_FILE"
 
 
@@ -28,26 +26,19 @@ def pytest_configure(config):
         config._mlops_numbers_file = Path(path)
 
 
-#: The longest groups, started first so that two test processes finish close together.
-_LONG_FIRST = ("lifecycle", "serving", "serving/test_mlflow_parity.py", "test_operations_doc.py", "test_drill.py",
-               "reliability")
+#: The longest modules, started first so that two test processes finish close together.
+_LONG_FIRST = ("serving/test_mlflow_parity.py", "test_operations_doc.py", "test_drill.py", "stack/test_local_stack.py",
+               "reliability/test_bad_input.py", "serving/test_v2.py", "lifecycle/test_roundtrip.py",
+               "serving/test_lifecycle.py", "reliability/test_outage.py")
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under ``-n`` (pytest-xdist, ``--dist loadgroup``) each test module runs on one worker, and
-    each package of ``_SHARED_PACKAGES`` as a whole, so shared servers start once (a module there
-    that uses none of them says ``OWN_GROUP = True`` and runs apart); the longest groups come
-    first (the order inside each group is kept)."""
+    """Under ``-n`` (pytest-xdist, ``--dist loadfile``: each module runs whole on one worker, so
+    its module-scoped servers start once) the longest modules come first; the order inside a
+    module is kept."""
     root = Path(__file__).resolve().parent
-    groups = {}
-    for item in items:
-        rel = item.path.resolve().relative_to(root)
-        shared = rel.parts[0] in _SHARED_PACKAGES and not getattr(item.module, "OWN_GROUP", False)
-        group = rel.parts[0] if shared else str(rel)
-        item.add_marker(pytest.mark.xdist_group(group))
-        groups[item] = group
-    rank = {g: i for i, g in enumerate(_LONG_FIRST)}
-    items.sort(key=lambda it: rank.get(groups[it], len(rank)))
+    rank = {m: i for i, m in enumerate(_LONG_FIRST)}
+    items.sort(key=lambda it: rank.get(it.path.resolve().relative_to(root).as_posix(), len(rank)))
 
 
 def record_number(section: str, text: str) -> None:

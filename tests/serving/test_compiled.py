@@ -19,7 +19,6 @@ from training.preprocess import plan_columns, prepare_frame
 
 CITIES = ["Oslo", "Lima", "Pune", "Kyiv", "Accra"]
 COLORS = ["red", "green", "blue"]
-OWN_GROUP = True  # in-process only: no shared server, so it need not wait for the serving package
 
 TYPES = {"city": "string", "color": "string", "flag": "boolean", "x": "double", "y": "double", "n": "long"}
 

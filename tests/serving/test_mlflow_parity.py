@@ -48,7 +48,6 @@ from tests.helpers import BIN, ROOT, Service, clean_env, free_port, sqlite_uri, 
 from tests.serving.conftest import promote, tracking
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
-OWN_GROUP = True  # its own stores and server pairs: runs apart from the serving package's shared servers
 
 log = logging.getLogger("tests.parity")
 
