@@ -1,5 +1,5 @@
 """Test-suite wide set-up: tests never touch the repo's own store or a running service; under
-``-n`` (pytest-xdist, ``--dist loadfile``) each module stays whole on one worker."""
+``-n`` (pytest-xdist, ``--dist load``) the longest modules start first."""
 
 from __future__ import annotations
 
@@ -33,9 +33,9 @@ _LONG_FIRST = ("serving/test_mlflow_parity.py", "test_operations_doc.py", "test_
 
 
 def pytest_collection_modifyitems(config, items):
-    """Under ``-n`` (pytest-xdist, ``--dist loadfile``: each module runs whole on one worker, so
-    its module-scoped servers start once) the longest modules come first; the order inside a
-    module is kept."""
+    """Under ``-n`` (pytest-xdist, ``--dist load``) the longest modules come first; the order inside
+    a module is kept. (Keeping modules whole on one worker, ``--dist loadfile``, is faster but
+    some modules still depend on others' package-scoped state on the same worker.)"""
     root = Path(__file__).resolve().parent
     rank = {m: i for i, m in enumerate(_LONG_FIRST)}
     items.sort(key=lambda it: rank.get(it.path.resolve().relative_to(root).as_posix(), len(rank)))

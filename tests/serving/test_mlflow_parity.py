@@ -821,8 +821,10 @@ def test_zz_report(servers):
     n = len(CASES) + len(SIGNATURE_CASES)
     same = sum(1 for v in _results.values() if v == "same")
     intentional = sum(1 for v in _results.values() if v == "intentional")
-    line = (f"{n} cases vs mlflow models serve {__import__('mlflow').__version__}: {same} same, "
-            f"{intentional} intentional differences, {n - same - intentional} failed or not run")
+    # Under -n the cases of this module may be spread over several test processes: each reports
+    # the cases it ran (every case asserts its own answer; this only sums them up).
+    line = (f"{n} cases vs mlflow models serve {__import__('mlflow').__version__}; in this process "
+            f"{same + intentional} ran: {same} same, {intentional} intentional differences")
     log.info(line)
     record_number("mlflow parity", line)
-    assert same + intentional == n, line
+    assert set(_results.values()) <= {"same", "intentional"}, line
