@@ -211,7 +211,7 @@ def test_entry_scripts_exist_are_valid_and_shared(resolved):
     assert "COPY entrypoints/mlflow-server.sh" in (ROOT / "docker" / "mlflow.Dockerfile").read_text()
     assert "COPY docker/entrypoints" in (ROOT / "docker" / "app.Dockerfile").read_text()
     # The local stack runs the same scripts.
-    stack_src = (ROOT / "mlops" / "stack.py").read_text()
+    stack_src = (ROOT / "mlops" / "stack" / "components.py").read_text()
     assert '"mlflow-server.sh"' in stack_src and '"serving.sh"' in stack_src
 
 

@@ -1,4 +1,4 @@
-"""The file-backed S3 endpoint of the local stack (mlops.s3_endpoint): objects survive a stop and
+"""The file-backed S3 endpoint of the local stack (mlops.stack.s3_endpoint): objects survive a stop and
 a crash, multipart uploads included; unknown access keys are refused like MinIO does."""
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ KEY, SECRET = "stack-test-key", "stack-test-secret"
 
 def _start(data: Path, port: int, log: Path) -> Service:
     env = clean_env(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET)
-    svc = Service([sys.executable, "-m", "mlops.s3_endpoint", "--port", str(port), "--data", str(data)], env, log)
+    svc = Service([sys.executable, "-m", "mlops.stack.s3_endpoint", "--port", str(port), "--data", str(data)], env, log)
     svc.wait_http(f"http://127.0.0.1:{port}/_stack/ready", timeout=60)
     return svc
 

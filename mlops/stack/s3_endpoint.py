@@ -15,7 +15,7 @@ Versions, ACLs, policies and unfinished multipart uploads are not kept: MLflow u
 Requests must be signed with the configured access key id (like MinIO, unknown keys and anonymous
 requests get 403); the signature itself is not verified.
 
-Run: ``python -m mlops.s3_endpoint --host 127.0.0.1 --port 9000 --data DIR`` with
+Run: ``python -m mlops.stack.s3_endpoint --host 127.0.0.1 --port 9000 --data DIR`` with
 ``AWS_ACCESS_KEY_ID`` / ``AWS_SECRET_ACCESS_KEY`` set. ``GET /_stack/ready`` answers 200 once the
 data is loaded (503 before).
 """
@@ -37,7 +37,7 @@ from pathlib import Path
 from mlops import env
 from mlops.util import atomic_write
 
-log = logging.getLogger("mlops.s3_endpoint")
+log = logging.getLogger("mlops.stack.s3_endpoint")
 
 READY_PATH = "/_stack/ready"
 MANIFEST = "manifest.json"
