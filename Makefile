@@ -57,7 +57,7 @@ status: $(STAMP) ## registry and serving status
 
 TEST_WORKERS ?= 2
 test: $(STAMP) ## run the whole test suite (real servers; TEST_WORKERS=2 processes; ~25 minutes on 2 cores)
-	@$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist load $(PYTEST_ARGS)
+	@$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 test-fast: $(STAMP) ## only the fast tests
 	@$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

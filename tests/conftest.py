@@ -1,5 +1,6 @@
 """Test-suite wide set-up: tests never touch the repo's own store or a running service; under
-``-n`` (pytest-xdist, ``--dist load``) the longest modules start first."""
+``-n`` (pytest-xdist) each module runs whole on one worker (the reliability folder, which shares
+one stack and runs in a fixed order, as one unit) and the longest units start first."""
 
 from __future__ import annotations
 
@@ -32,10 +33,29 @@ _LONG_FIRST = ("serving/test_mlflow_parity.py", "test_operations_doc.py", "test_
                "serving/test_lifecycle.py", "reliability/test_outage.py")
 
 
+#: Folders whose modules share a session-scoped stack and an order: one work unit for pytest-xdist.
+_ONE_UNIT = ("tests/reliability/",)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """Module-wise scheduling (``--dist loadfile``), except that each of ``_ONE_UNIT`` is one unit.
+
+    Units go out in collection order (longest first, below), not re-sorted by their test count.
+    """
+    from xdist.scheduler import LoadScopeScheduling
+
+    class _Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return next((folder for folder in _ONE_UNIT if path.startswith(folder)), path)
+
+    config.option.loadscopereorder = False
+    return _Scheduling(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Under ``-n`` (pytest-xdist, ``--dist load``) the longest modules come first; the order inside
-    a module is kept. (Keeping modules whole on one worker, ``--dist loadfile``, is faster but
-    some modules still depend on others' package-scoped state on the same worker.)"""
+    """The longest modules come first (so two workers finish close together); the order inside a
+    module is kept."""
     root = Path(__file__).resolve().parent
     rank = {m: i for i, m in enumerate(_LONG_FIRST)}
     items.sort(key=lambda it: rank.get(it.path.resolve().relative_to(root).as_posix(), len(rank)))

@@ -116,7 +116,9 @@ def _log_models(uri: str, folder: Path) -> None:
         previous = mlflow.get_tracking_uri()
         mlflow.set_tracking_uri(uri)
         try:
-            with mlflow.start_run(run_name="notebook"):
+            # An experiment of its own: the process-wide active experiment may belong to another store.
+            eid = mlflow.MlflowClient(uri).create_experiment("any-model-notebook")
+            with mlflow.start_run(run_name="notebook", experiment_id=eid):
                 infos = [
                     mlflow.sklearn.log_model(numeric, name="model", registered_model_name=NAME, pip_requirements=reqs),
                     mlflow.sklearn.log_model(mixed, name="model", registered_model_name=NAME, input_example=X.head(5),

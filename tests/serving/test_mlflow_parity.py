@@ -182,9 +182,8 @@ def register_models(uri: str, folder: Path) -> None:
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri, uri)
         eid = client.create_experiment("parity", artifact_location=str(folder / "parity-artifacts"))
-        mlflow.set_experiment(experiment_id=eid)
         X, y = iris_data()
-        with mlflow.start_run():
+        with mlflow.start_run(experiment_id=eid):
             mlflow.sklearn.log_model(knn.KNeighborsClassifier().fit(X, y), name="model", pip_requirements=pins,
                                      serialization_format="cloudpickle", registered_model_name="iris-knn")
             mlflow.pyfunc.log_model(name="echo", python_model=str(folder / "echo_model.py"), pip_requirements=pins,
@@ -671,8 +670,7 @@ def register_signature_models(uri: str, folder: Path) -> None:
     with tracking(uri):
         mlflow.set_tracking_uri(uri)
         eid = MlflowClient(uri, uri).get_experiment_by_name("parity").experiment_id
-        mlflow.set_experiment(experiment_id=eid)
-        with mlflow.start_run():
+        with mlflow.start_run(experiment_id=eid):
             for name, how in SIGNATURE_MODELS.items():
                 mlflow.pyfunc.log_model(name=name, python_model=str(code), pip_requirements=pins,
                                         registered_model_name=name, **how)
