@@ -58,7 +58,19 @@ def pytest_collection_modifyitems(config, items):
     module is kept."""
     root = Path(__file__).resolve().parent
     rank = {m: i for i, m in enumerate(_LONG_FIRST)}
-    items.sort(key=lambda it: rank.get(it.path.resolve().relative_to(root).as_posix(), len(rank)))
+
+    def unit(item) -> str:
+        path = "tests/" + item.path.resolve().relative_to(root).as_posix()
+        return next((folder for folder in _ONE_UNIT if path.startswith(folder)), path)
+
+    # A unit ranks by its longest module; the sort is stable, so the order inside a unit (the
+    # reliability folder's ORDER) is kept.
+    unit_rank: dict[str, int] = {}
+    for it in items:
+        name = it.path.resolve().relative_to(root).as_posix()
+        u = unit(it)
+        unit_rank[u] = min(unit_rank.get(u, len(rank)), rank.get(name, len(rank)))
+    items.sort(key=lambda it: unit_rank[unit(it)])
 
 
 def record_number(section: str, text: str) -> None:
