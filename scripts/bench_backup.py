@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import BIN, clean_env, free_port, service  # noqa: E402
+from mlops.stack.harness import BIN, clean_env, free_port, service  # noqa: E402
 
 ANCHOR = "mlflow-export-import"
 ANCHOR_PIN = "mlflow-export-import==1.2.0"

@@ -35,7 +35,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers import BIN, Service, clean_env, free_port, sqlite_uri, train  # noqa: E402
+from mlops.stack.harness import BIN, Service, clean_env, free_port, sqlite_uri, train  # noqa: E402
 
 MODEL = "breast-cancer-classifier"
 

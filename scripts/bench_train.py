@@ -218,7 +218,7 @@ def main() -> int:
     from mlflow import MlflowClient
 
     from mlops import config
-    from tests.helpers import BIN, clean_env, sqlite_uri
+    from mlops.stack.harness import BIN, clean_env, sqlite_uri
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:

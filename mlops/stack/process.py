@@ -2,6 +2,8 @@
 
 Every process the stack starts carries ``MLOPS_STACK_TAG`` in its environment and leads its own
 process group; its members are found through /proc, so ``down`` stops exactly those processes.
+:class:`Service` is the short-lived kind the tests and benchmarks start: a child in its own process
+group, owned by the caller, stopped with its whole group.
 """
 
 from __future__ import annotations
@@ -15,14 +17,21 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlops.env import inherited
 from mlops.stack.state import HOST, PORT_ENV, Settings, StackError
 from mlops.util import wait_for
 
+if TYPE_CHECKING:
+    import requests
+
 log = logging.getLogger(__name__)
+
+BIN = Path(sys.executable).parent  # this environment's console scripts (mlops, mlflow, gunicorn)
+CHECKOUT = Path(__file__).resolve().parents[2]  # where a Service runs unless told otherwise
 
 # Modules each component needs beyond the base install, and what installs them.
 REQUIREMENTS = {"s3": ("moto", "flask", "flask_cors", "werkzeug")}
@@ -113,7 +122,7 @@ def base_env(tag: str, **extra: str | int | Path) -> dict[str, str]:
     """The caller's environment without anything that would point a component elsewhere."""
     drop = ("MLFLOW_", "AWS_", "MODEL_", "SERVING_", "PGPASSWORD", "PGHOST", "PGPORT", "PGUSER")
     env = inherited(drop=drop)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["MLOPS_STACK_TAG"] = tag
     env.update({k: str(v) for k, v in extra.items()})
     return env
@@ -197,3 +206,75 @@ def check_ports(ports: dict[str, int], names: Iterable[str]) -> None:
             by = f" by {owner}" if owner else ""
             raise StackError(f"port {port} for {name} is taken{by}: free it or choose another "
                              f"({PORT_ENV[name]}=PORT, or 0 for any free port)")
+
+
+class Service:
+    """A real background process in its own process group, with its log file."""
+
+    def __init__(self, cmd: list[str], env: dict, log_path: Path, cwd: Path | None = None):
+        self.cmd = cmd
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=cwd or CHECKOUT, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    def log_tail(self, n: int = 60) -> str:
+        """The last ``n`` lines of the log ('' if it can't be read)."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def wait_http(self, url: str, timeout: float = 120, ok: Iterable[int] = (200,)) -> requests.Response:
+        """Poll ``url`` until it answers one of ``ok``; StackError with the log tail on timeout or exit."""
+        import requests
+
+        wanted = tuple(ok)
+        answered: list[requests.Response] = []
+
+        def probe() -> tuple[bool, str]:
+            if self.proc.poll() is not None:
+                raise StackError(f"{self.cmd[0]} exited {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                r = requests.get(url, timeout=2)
+            except requests.RequestException as exc:
+                return False, type(exc).__name__
+            answered[:] = [r]
+            return r.status_code in wanted, f"HTTP {r.status_code}"
+
+        healthy, last = wait_for(probe, timeout, interval=0.2)
+        if healthy:
+            return answered[0]
+        raise StackError(f"{url} not healthy after {timeout}s (last: {last}):\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 20) -> None:
+        """SIGTERM the whole process group, SIGKILL what is left after ``timeout``."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.proc.wait()
+        self._log.close()
+
+
+@contextlib.contextmanager
+def service(cmd: list[str], env: dict, log_path: Path, health_url: str | None = None,
+            timeout: float = 120) -> Iterator[Service]:
+    """Start a Service, wait for ``health_url``, and always stop its process group afterwards."""
+    svc = Service(cmd, env, log_path)
+    try:
+        if health_url:
+            svc.wait_http(health_url, timeout)
+        yield svc
+    finally:
+        svc.stop()
