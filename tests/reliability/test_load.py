@@ -24,7 +24,7 @@ import pytest
 from mlflow import MlflowClient
 
 from mlops import model_io, registry
-from scripts.load_test import LoadGenerator
+from mlops.loadgen import LoadGenerator
 from tests.helpers import ROOT, run
 from tests.reliability.conftest import MODEL, serving_version
 

@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from mlops import registry
-from scripts.load_test import LoadGenerator
+from mlops.loadgen import LoadGenerator
 from tests.helpers import start_serving
 from tests.reliability.conftest import (
     MODEL,

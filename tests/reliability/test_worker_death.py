@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from scripts.load_test import LoadGenerator
+from mlops.loadgen import LoadGenerator
 from tests.reliability.conftest import WORKERS, children, serving_version, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.timeout(600)]
