@@ -26,10 +26,10 @@ from mlflow import MlflowClient
 
 from mlops.recovery import archive as archive_mod
 from mlops.recovery import backup as backup_mod
+from tests.archives import build_archive, tar_file
 from tests.helpers import clean_env, sqlite_uri
 from tests.lifecycle import registry_data
 from tests.lifecycle.conftest import mlops
-from tests.lifecycle.test_archive_safety import _file, _write
 
 KINDS = "kinds"
 ODD = "it's \"odd\""
@@ -309,7 +309,7 @@ def _zeros_archive(path: Path, size: int) -> Path:
 
     with gzip.open(path, "wb", compresslevel=9) as gz, tarfile.open(fileobj=gz, mode="w") as tar:
         for name, data in ((archive_mod.MANIFEST_NAME, manifest), ("registry.json", REGISTRY)):
-            ti, _ = _file(name, data)
+            ti, _ = tar_file(name, data)
             tar.addfile(ti, io.BytesIO(data))
         ti = tarfile.TarInfo("runs/r1/artifacts/zeros.bin")
         ti.size = size
@@ -341,25 +341,25 @@ def test_a_decompression_bomb_is_refused_before_anything_is_unpacked(tmp_path, c
 
 
 def test_directory_entries_and_file_counts_are_bounded(tmp_path):
-    reg = _file("registry.json", REGISTRY)
+    reg = tar_file("registry.json", REGISTRY)
     dirs = []
     for i in range(2000):
         ti = tarfile.TarInfo(f"runs/d{i}")
         ti.type = tarfile.DIRTYPE
         dirs.append((ti, None))
-    many_dirs = _write(tmp_path / "dirs.tar.gz", [reg, *dirs])
+    many_dirs = build_archive(tmp_path / "dirs.tar.gz", [reg, *dirs])
     with pytest.raises(archive_mod.ArchiveError, match="directory that holds no listed file"):
         archive_mod.verify_archive(many_dirs)
     # A parent of a listed file may appear, once.
     ok_dir = tarfile.TarInfo("runs")
     ok_dir.type = tarfile.DIRTYPE
-    f = _file("runs/a.txt", b"a")
-    archive_mod.verify_archive(_write(tmp_path / "one.tar.gz", [reg, (ok_dir, None), f]))
+    f = tar_file("runs/a.txt", b"a")
+    archive_mod.verify_archive(build_archive(tmp_path / "one.tar.gz", [reg, (ok_dir, None), f]))
     with pytest.raises(archive_mod.ArchiveError, match="appears twice"):
-        archive_mod.verify_archive(_write(tmp_path / "twice.tar.gz", [reg, (ok_dir, None), (ok_dir, None), f]))
+        archive_mod.verify_archive(build_archive(tmp_path / "twice.tar.gz", [reg, (ok_dir, None), (ok_dir, None), f]))
 
-    files = [reg] + [_file(f"runs/f{i}.txt", b"x") for i in range(20)]
-    many = _write(tmp_path / "files.tar.gz", files)
+    files = [reg] + [tar_file(f"runs/f{i}.txt", b"x") for i in range(20)]
+    many = build_archive(tmp_path / "files.tar.gz", files)
     archive_mod.verify_archive(many)
     with pytest.raises(archive_mod.ArchiveError, match="MLOPS_ARCHIVE_MAX_FILES"):
         archive_mod.verify_archive(many, limits=archive_mod.Limits(max_files=10))
@@ -369,11 +369,11 @@ def test_a_huge_version_counter_is_refused(tmp_path):
     """max_version: 100000 would have created 99,997 placeholder rows."""
     reg = {"models": [{"name": "m", "max_version": 100000, "versions": [], "aliases": {}, "tags": {}}],
            "experiments": {}}
-    path = _write(tmp_path / "counter.tar.gz", [_file("registry.json", json.dumps(reg).encode())])
+    path = build_archive(tmp_path / "counter.tar.gz", [tar_file("registry.json", json.dumps(reg).encode())])
     with pytest.raises(archive_mod.ArchiveError, match="100000 deleted version numbers.*MAX_DELETED_VERSIONS"):
         archive_mod.verify_archive(path)
     reg["models"][0]["max_version"] = 50
-    archive_mod.verify_archive(_write(tmp_path / "fifty.tar.gz", [_file("registry.json", json.dumps(reg).encode())]))
+    archive_mod.verify_archive(build_archive(tmp_path / "fifty.tar.gz", [tar_file("registry.json", json.dumps(reg).encode())]))
     with pytest.raises(archive_mod.ArchiveError, match="MAX_DELETED_VERSIONS"):
         archive_mod.verify_archive(tmp_path / "fifty.tar.gz", limits=archive_mod.Limits(max_deleted_versions=10))
 

@@ -3,7 +3,7 @@
 outside the test's temp folder, and the target registry (models, versions, stages, aliases, tags,
 experiments, runs, logged models and the bucket's objects) is exactly what it was before.
 
-The hostile archives are built with tests/lifecycle/test_archive_safety.py's builders; a real
+The hostile archives are built with tests/archives.py (shared with the archive-safety tests); a real
 `mlops backup` of the stack supplies the tampered and truncated ones.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tests.lifecycle.test_archive_safety import _cases, _file, _repack, _write
+from tests.archives import build_archive, hostile_cases, repack, tar_file
 from tests.reliability.conftest import MODEL
 
 pytestmark = [pytest.mark.slow, pytest.mark.stack, pytest.mark.timeout(600)]
@@ -75,20 +75,20 @@ def test_malicious_archives_are_refused_and_the_live_registry_is_unchanged(stack
     real = built / "registry.tar.gz"
     stack.mlops("backup", "--out", real)
     stack.mlops("backup", "--verify", real)
-    cases = {name: (_write(built / f"{re.sub(r'[^a-z]+', '-', name)}.tar.gz", members, manifest), message)
-             for name, (members, manifest, message) in _cases(tmp).items()}
+    cases = {name: (build_archive(built / f"{re.sub(r'[^a-z]+', '-', name)}.tar.gz", members, manifest), message)
+             for name, (members, manifest, message) in hostile_cases(tmp).items()}
 
     def flip(name: str, data: bytes) -> bytes:
         return data[:-1] + bytes([data[-1] ^ 1]) if name.endswith("model.skops") else data
 
-    cases["real backup, one model byte flipped"] = (_repack(real, built / "tampered.tar.gz", flip),
+    cases["real backup, one model byte flipped"] = (repack(real, built / "tampered.tar.gz", flip),
                                                     r"checksum mismatch for '.*model\.skops'")
     truncated = built / "truncated.tar.gz"
     truncated.write_bytes(real.read_bytes()[: real.stat().st_size // 2])
     cases["real backup, truncated"] = (truncated, "truncated")
     elsewhere = Path(tempfile.gettempdir()) / f"mlops-evil-{os.urandom(6).hex()}.txt"  # outside our folder
-    cases["absolute path elsewhere"] = (_write(built / "absolute-elsewhere.tar.gz",
-                                               [_file("registry.json", b"{}"), _file(str(elsewhere), b"x")]),
+    cases["absolute path elsewhere"] = (build_archive(built / "absolute-elsewhere.tar.gz",
+                                               [tar_file("registry.json", b"{}"), tar_file(str(elsewhere), b"x")]),
                                         "unsafe path")
     listing = _tree(built)
 
