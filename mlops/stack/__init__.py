@@ -19,7 +19,8 @@ carries ``MLOPS_STACK_TAG`` in its environment, so ``down`` stops exactly those 
 The package: :mod:`~mlops.stack.state` (settings, ports, the folder's state and secrets, how
 clients reach the stack), :mod:`~mlops.stack.process` (starting, waiting on, finding and stopping
 processes), :mod:`~mlops.stack.components` (one class per component: launch, ready, check),
-:mod:`~mlops.stack.control` (up, down, restart, status) and :mod:`~mlops.stack.s3_endpoint`.
+:mod:`~mlops.stack.control` (up, down, restart, status), :mod:`~mlops.stack.s3_endpoint`, and
+:mod:`~mlops.stack.harness` (throwaway services the tests and benchmarks start, not part of the stack).
 """
 
 from mlops.stack.components import BY_NAME, check
