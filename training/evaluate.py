@@ -281,16 +281,23 @@ def column_blocks(prep, X, Xt: np.ndarray) -> list[np.ndarray] | None:
     must be exactly those outputs' rows rotated, every other output unchanged, and no output may
     depend on two columns. None when that does not hold (a step mixing columns or rows).
     """
+    import pandas as pd
+
     n = len(X)
     roll = np.roll(np.arange(n), 1)
-    blocks, claimed = [], np.zeros(Xt.shape[1], dtype=bool)
+    rotated = []
     for col in X.columns:
-        rotated = X.copy()
-        rotated[col] = X[col].iloc[roll].to_numpy()
-        T = prep.transform(rotated)
-        if hasattr(T, "toarray") or np.shape(T) != Xt.shape:
-            return None
-        T = np.asarray(T)
+        copy = X.copy()
+        copy[col] = X[col].iloc[roll].to_numpy()
+        rotated.append(copy)
+    # One transform of all the rotated copies stacked (a transform call has a large fixed cost).
+    stacked = prep.transform(pd.concat(rotated, ignore_index=True))
+    if hasattr(stacked, "toarray") or np.shape(stacked) != (n * len(rotated), Xt.shape[1]):
+        return None
+    stacked = np.asarray(stacked)
+    blocks, claimed = [], np.zeros(Xt.shape[1], dtype=bool)
+    for i in range(len(rotated)):
+        T = stacked[i * n:(i + 1) * n]
         changed = ~np.all((T == Xt) | (np.isnan(T) & np.isnan(Xt)), axis=0)
         cols = np.flatnonzero(changed)
         expected = Xt.copy()
@@ -323,7 +330,7 @@ def blockwise_permutation_importance(model, X, y, scoring: str, n_repeats: int, 
     blocks = column_blocks(prep, X, Xt)
     if blocks is None:
         return None
-    scorer = check_scoring(est, scoring=scoring)
+    scorer = _fast_scorer(est, scoring, y) or check_scoring(est, scoring=scoring)
     baseline = scorer(est, Xt, y)
     random_seed = check_random_state(seed).randint(np.iinfo(np.int32).max + 1)  # as scikit-learn draws it
     scores = []
@@ -339,6 +346,19 @@ def blockwise_permutation_importance(model, X, y, scoring: str, n_repeats: int, 
     importances = baseline - np.array(scores)
     return Bunch(importances_mean=np.mean(importances, axis=1), importances_std=np.std(importances, axis=1),
                  importances=importances)
+
+
+def _fast_scorer(est, scoring: str, y):
+    """``accuracy`` as scikit-learn's scorer computes it (the mean of ``predict == y``), without
+    its per-call label checks; None for other scorings."""
+    if scoring != "accuracy" or not hasattr(est, "predict"):
+        return None
+    truth = np.asarray(y)
+
+    def accuracy(estimator, X, _y) -> float:
+        return float(np.average(np.asarray(estimator.predict(X)) == truth))
+
+    return accuracy
 
 
 def _transformed_names(model, feature_names) -> list[str]:

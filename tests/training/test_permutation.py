@@ -74,3 +74,19 @@ def test_numeric_only_pipeline_as_well():
     theirs = permutation_importance(model, X.iloc[400:], y.iloc[400:], scoring="accuracy", n_repeats=3,
                                     random_state=1, n_jobs=1)
     assert ours is not None and np.array_equal(ours.importances, theirs.importances)
+
+
+@pytest.mark.parametrize("labels", [["yes", "no", "maybe"], [True, False], [3, 10, 7], ["b", "B", "a", "é"]])
+def test_stratifying_on_codes_draws_the_same_split_as_on_the_labels(labels):
+    from sklearn.model_selection import train_test_split
+
+    from training.train import stratify_codes
+
+    rng = np.random.default_rng(4)
+    y = pd.Series(np.array(labels, dtype=object)[rng.integers(0, len(labels), 3000)])
+    if not isinstance(labels[0], str):
+        y = y.astype(type(labels[0]))
+    X = pd.DataFrame({"x": np.arange(3000)})
+    a = train_test_split(X, y, test_size=0.2, random_state=42, stratify=y)
+    b = train_test_split(X, y, test_size=0.2, random_state=42, stratify=stratify_codes(y))
+    assert all(p.index.equals(q.index) for p, q in zip(a, b, strict=True))
