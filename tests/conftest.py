@@ -81,7 +81,20 @@ def record_number(section: str, text: str) -> None:
             fh.write(json.dumps([section, text]) + "\n")
 
 
+_UNIT_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    """Seconds per module (set-up, call and tear-down), for the summary's longest-modules list."""
+    module = report.nodeid.split("::", 1)[0]
+    _UNIT_SECONDS[module] = _UNIT_SECONDS.get(module, 0.0) + (report.duration or 0.0)
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if _UNIT_SECONDS and not hasattr(config, "workerinput"):
+        terminalreporter.write_sep("=", "longest modules (s, set-up + tests + tear-down; order _LONG_FIRST by these)")
+        for module, seconds in sorted(_UNIT_SECONDS.items(), key=lambda kv: -kv[1])[:15]:
+            terminalreporter.write_line(f"{seconds:8.1f}  {module}")
     path = getattr(config, "_mlops_numbers_file", None)
     if path is None or not path.exists():
         return
