@@ -29,7 +29,7 @@ from serving.inputs import (
     _check_values,
     _jtype,
     _names,
-    _to_frame,
+    _to_columns,
     max_columns,
 )
 
@@ -388,7 +388,7 @@ def _from_matrix(t: Tensor, spec: InputSpec, params: dict | None, native: bool) 
 def _frame(rows: list, spec: InputSpec, params: dict | None, n: int) -> ParsedInput:
     """Rows in signature order → the typed DataFrame /invocations builds (same checks)."""
     _check_values(rows, spec)
-    return ParsedInput(None, _to_frame(rows, spec), params, n, FMT)
+    return ParsedInput(None, None, params, n, FMT, columns=_to_columns(rows, spec))
 
 
 def _unsigned(tensors: list[Tensor], params: dict | None) -> ParsedInput:

@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.inputs import TypedColumns
+
 log = logging.getLogger("serving.compiled")
 
 UNSEEN = "\x00unseen-category\x00"  # a string no fitted encoder knows
@@ -50,6 +52,11 @@ class Mismatch(Exception):
 # -- preprocessing --------------------------------------------------------------------------------
 
 
+def _column(frame: Any, name: str) -> np.ndarray:
+    """One column's values from a request's typed columns or a DataFrame."""
+    return frame.column(name) if isinstance(frame, TypedColumns) else frame[name].to_numpy()
+
+
 @dataclass
 class _TableBlock:
     """Per-value columns: each value looked up in a table filled by the fitted block itself."""
@@ -64,7 +71,7 @@ class _TableBlock:
         n = len(frame)
         parts = []
         for col, table, miss, unseen in zip(self.columns, self.tables, self.missing, self.unseen, strict=True):
-            values = frame[col].to_numpy()
+            values = _column(frame, col)
             if values.dtype.kind not in "OUb":
                 raise Mismatch(col)
             out = np.empty((n, miss.shape[0]), dtype=np.float64)
@@ -94,7 +101,7 @@ class _NumericBlock:
     def transform(self, frame) -> np.ndarray:
         cols = []
         for col in self.columns:
-            values = frame[col].to_numpy()
+            values = _column(frame, col)
             if values.dtype.kind not in "fiu":
                 raise Mismatch(col)
             cols.append(values)
@@ -446,6 +453,8 @@ class CompiledPipeline:
         try:
             return self.final.predict(self.transform(frame), with_proba and self.has_proba)
         except Mismatch:
+            if isinstance(frame, TypedColumns):
+                frame = frame.to_frame()
             labels = self.model.predict(frame)
             proba = self.model.predict_proba(frame) if with_proba and self.has_proba else None
             return labels, proba

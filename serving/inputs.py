@@ -152,15 +152,58 @@ class InputSpec:
         )
 
 
-@dataclass
-class ParsedInput:
-    """A validated request: an array (fast path) or a DataFrame, plus MLflow ``params``."""
+class TypedColumns:
+    """Checked columns with the signature's types, by name: what a DataFrame of the request would
+    hold, without building one (the compiled path reads the arrays; :meth:`to_frame` builds the
+    DataFrame MLflow's parser would, for every other path)."""
 
-    array: np.ndarray | None
-    frame: Any | None
-    params: dict | None
-    rows: int
-    fmt: str
+    __slots__ = ("names", "data", "rows")
+
+    def __init__(self, names: list[str], data: dict[str, Any], rows: int):
+        self.names = names
+        self.data = data
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return self.rows
+
+    def column(self, name: str) -> np.ndarray:
+        values = self.data[name]
+        return values if isinstance(values, np.ndarray) else np.array(values, dtype=object)
+
+    def to_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.data, columns=self.names)
+
+
+class ParsedInput:
+    """A validated request: an array (fast path) or a DataFrame, plus MLflow ``params``.
+
+    ``columns`` (typed columns by name) stands in for the DataFrame until one is asked for:
+    ``frame`` builds it on first use."""
+
+    __slots__ = ("array", "_frame", "params", "rows", "fmt", "columns")
+
+    def __init__(self, array: np.ndarray | None, frame: Any | None, params: dict | None, rows: int, fmt: str,
+                 columns: TypedColumns | None = None):
+        self.array = array
+        self._frame = frame
+        self.params = params
+        self.rows = rows
+        self.fmt = fmt
+        self.columns = columns
+
+    @property
+    def frame(self) -> Any | None:
+        if self._frame is None and self.columns is not None:
+            self._frame = self.columns.to_frame()
+        return self._frame
+
+    @property
+    def tabular(self) -> bool:
+        """A DataFrame (built or not) rather than an array."""
+        return self._frame is not None or self.columns is not None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -260,7 +303,7 @@ def parse(body: bytes, kind: str, spec: InputSpec, build_frame: bool = False) ->
         maybe_bool = b"true" in body or b"false" in body
         return ParsedInput(_to_array(rows, spec, maybe_bool), None, params, n, fmt)
     _check_values(rows, spec)
-    return ParsedInput(None, _to_frame(rows, spec), params, n, fmt)
+    return ParsedInput(None, None, params, n, fmt, columns=_to_columns(rows, spec))
 
 
 def _split_rows(data: Any, spec: InputSpec) -> list:
@@ -464,18 +507,16 @@ def _check_values(rows: list, spec: InputSpec) -> None:
                 raise InputError("INVALID_VALUE", f"row {r}, column '{col.name}': a non-finite value ({value})")
 
 
-def _to_frame(rows: list, spec: InputSpec):
-    """Checked rows → a DataFrame whose columns have the signature's types, as MLflow's own
-    parser builds it: JSON integers in a double column become doubles, ``null`` in an optional
-    numeric column NaN; integer and boolean columns holding ``null`` stay object (no missing value
-    exists for them) and strings stay Python strings."""
-    import pandas as pd
-
+def _to_columns(rows: list, spec: InputSpec) -> TypedColumns:
+    """Checked rows → typed columns whose DataFrame (``to_frame``) is the one MLflow's own parser
+    builds: JSON integers in a double column become doubles, ``null`` in an optional numeric column
+    NaN; integer and boolean columns holding ``null`` stay object (no missing value exists for
+    them) and strings stay Python strings."""
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in spec.specs]
     data = {}
     for s, values in zip(spec.specs, columns, strict=True):
         data[s.name] = _typed_column(values, s)
-    return pd.DataFrame(data, columns=list(spec.columns))
+    return TypedColumns(list(spec.columns), data, len(rows))
 
 
 def _typed_column(values: tuple, s: ColumnSpec):

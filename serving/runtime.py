@@ -225,9 +225,12 @@ class ModelRuntime:
         if self.native is not None and parsed.array is not None:
             labels, proba = self.native(parsed.array, with_proba)
             return Prediction(labels, proba, self.native.classes, parsed.rows)
-        if self.frame_native is not None and parsed.frame is not None and not parsed.params:
+        if self.frame_native is not None and parsed.tabular and not parsed.params:
+            # the compiled pipeline reads the typed columns; a DataFrame only where it is needed
+            table = parsed.columns if parsed.columns is not None and isinstance(self.frame_native, CompiledPipeline) \
+                else parsed.frame
             try:
-                labels, proba = self.frame_native(parsed.frame, with_proba)
+                labels, proba = self.frame_native(table, with_proba)
             except (ValueError, TypeError, KeyError) as exc:
                 raise InputError("INVALID_INPUT", f"the model rejected the input: {_first_line(str(exc))}") from None
             return Prediction(labels, proba, self.classes, parsed.rows)
