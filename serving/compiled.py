@@ -342,25 +342,28 @@ class _CompiledHGB:
         return np.asfortranarray(np.vstack([self._raw(X[i:i + step]) for i in range(0, X.shape[0], step)]))
 
     def _raw(self, X: np.ndarray) -> np.ndarray:
-        n = X.shape[0]
-        idx = np.broadcast_to(self.roots, (n, self.roots.size)).copy()
-        rows = np.arange(n)[:, None]
+        n, trees = X.shape[0], self.roots.size
+        # one entry per (row, tree), row-major; each level moves only the entries not yet at a leaf
+        idx = np.tile(self.roots, n)
+        row_of = np.repeat(np.arange(n), trees)
+        active = np.flatnonzero(~self.leaf[idx])
         for _ in range(self.max_depth + 1):
-            at_leaf = self.leaf[idx]
-            if at_leaf.all():
+            if active.size == 0:
                 break
-            x = X[rows, self.feat[idx]]
+            node = idx[active]
+            x = X[row_of[active], self.feat[node]]
             missing = np.isnan(x)
-            go_left = x <= self.thr[idx]
+            go_left = x <= self.thr[node]
             if self.has_cat:
-                cat = self.is_cat[idx] & ~at_leaf & ~missing
+                cat = self.is_cat[node] & ~missing
                 if cat.any():
-                    go_left, missing = self._categorical(idx, x, cat, go_left, missing)
-            go_left = np.where(missing, self.miss_left[idx], go_left)
-            idx = np.where(at_leaf, idx, np.where(go_left, self.left[idx], self.right[idx]))
-        else:
-            if not self.leaf[idx].all():
-                raise Unsupported("a tree deeper than recorded")
+                    go_left, missing = self._categorical(node, x, cat, go_left, missing)
+            go_left = np.where(missing, self.miss_left[node], go_left)
+            nxt = np.where(go_left, self.left[node], self.right[node])
+            idx[active] = nxt
+            active = active[~self.leaf[nxt]]
+        if active.size:
+            raise Unsupported("a tree deeper than recorded")
         vals = self.value[idx].reshape(n, self.I, self.K)
         start = np.zeros((n, 1, self.K), dtype=np.float64)
         start += self.baseline.reshape(1, 1, self.K)

@@ -28,6 +28,13 @@ from serving.worker import ServingWorker
 
 _settings = Settings.from_env()
 
+# Parallelism comes from the workers (and their threads): each worker's scikit-learn, OpenMP and
+# BLAS run on one thread. Left at their defaults, 2 x cores + 1 workers each start a thread per core
+# whose spin-waits crowd out the others (histogram gradient boosting's load-time check took 135 s
+# instead of seconds with five workers on two busy cores). A value set by the operator is kept.
+for _threads_var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_threads_var, "1")
+
 # Must be in the environment before prometheus_client is imported (by the preloaded app).
 _OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 if _OWN_METRICS_DIR:
