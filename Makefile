@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 PIP_VERSION        := 26.3
 SETUPTOOLS_VERSION := 84.2.1
 
-.PHONY: help install audit weekly monthly drill run stop train ui serve status test test-fast lint bench bench-backup bench-train drill audit weekly monthly clean
+.PHONY: help install audit weekly monthly drill run stop train ui serve status test test-fast lint bench bench-backup bench-train bench-score drill audit weekly monthly clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml
 	@echo "==> creating $(VENV) and installing the pinned dependencies (a few minutes the first time)"
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install --quiet --disable-pip-version-check pip==$(PIP_VERSION) setuptools==$(SETUPTOOLS_VERSION) 2>&1 | grep -v "^WARNING: Location" || true
-	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[stack,test]' 2>&1 | grep -v "^WARNING: Location" || true
-	@$(BIN)/python -c "import mlflow, sklearn, serving, training, mlops" && touch $(STAMP)
+	@$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[stack,test,spark]' 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c "import mlflow, sklearn, pyspark, serving, training, mlops" && touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the project (pinned)
 
@@ -73,6 +73,9 @@ bench-backup: $(STAMP) ## backup/restore benchmark (10 models x 20 versions)
 
 bench-train: $(STAMP) ## training benchmark: `mlflow run -e train` vs a plain sklearn fit, 1M rows (ARGS='--model hist_gradient_boosting')
 	@$(BIN)/python scripts/bench_train.py $(ARGS)
+
+bench-score: $(STAMP) ## batch scoring benchmark: `mlops score --master local[2]` vs a plain pandas+pyfunc loop, 1M rows (ARGS='--rows 10000000')
+	@$(BIN)/python scripts/bench_score.py $(ARGS)
 
 audit: $(STAMP) ## known-vulnerable installed dependencies (pip-audit + security/advisories.json)
 	@$(BIN)/python scripts/audit.py

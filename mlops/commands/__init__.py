@@ -15,6 +15,7 @@ COMMANDS = {
     "serve": "serve", "ui": "serve", "wait-ready": "serve", "sample": "serve",
     "stack": "stack",
     "logs": "ops",
+    "score": "score",
 }
 
 
