@@ -6,7 +6,7 @@ shape ``[n, columns]`` in signature column order. :func:`to_parsed` checks the t
 datatypes, shapes against data lengths, element types) and builds the same
 :class:`~serving.inputs.ParsedInput` that ``/invocations`` builds for the same rows: a column-major
 numpy array for the native path, a DataFrame with the signature's column types for the frame and
-pyfunc paths. Every mistake is an :class:`~serving.inputs.InputError` (400) naming the tensor.
+pyfunc paths. Every mistake is an :class:`~serving.errors.InputError` (400) naming the tensor.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from serving.errors import InputError
 from serving.inputs import (
     ColumnSpec,
-    InputError,
     InputSpec,
     ParsedInput,
     _check_values,

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from serving.inputs import InputError
+from serving.errors import InputError
 
 log = logging.getLogger("serving.compat")
 

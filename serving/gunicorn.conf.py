@@ -1,6 +1,6 @@
 """gunicorn settings for the prediction service (``mlops serve`` uses this file).
 
-* bind/workers from the service settings (``HOST``, ``PORT``, ``WORKERS``; default 2 x cores + 1,
+* every value from the service settings (``serving.settings.Settings``): bind/workers (``HOST``, ``PORT``, ``WORKERS``; default 2 x cores + 1,
   at most 8), ``THREADS`` threads per worker (default 4) with keep-alive;
 * worker class ``serving.worker.ServingWorker``: gunicorn's ``gthread`` plus a read deadline on
   every request (``READ_TIMEOUT_S``, default 10 s), so a stalled or slow client holds one thread
@@ -36,30 +36,31 @@ for _threads_var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS
     os.environ.setdefault(_threads_var, "1")
 
 # Must be in the environment before prometheus_client is imported (by the preloaded app).
-_OWN_METRICS_DIR = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+_OWN_METRICS_DIR = _settings.metrics_dir is None
 if _OWN_METRICS_DIR:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="serving-metrics-")
 else:
-    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
-    for _stale in glob.glob(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "*.db")):
+    os.makedirs(_settings.metrics_dir, exist_ok=True)
+    for _stale in glob.glob(os.path.join(_settings.metrics_dir, "*.db")):
         os.unlink(_stale)
+_METRICS_DIR = os.environ["PROMETHEUS_MULTIPROC_DIR"]
 
 bind = f"{_settings.host}:{_settings.port}"
 workers = _settings.workers
-worker_class = os.environ.get("WORKER_CLASS", "serving.worker.ServingWorker")
+worker_class = _settings.worker_class
 threads = _settings.threads
 ServingWorker.read_timeout_s = _settings.read_timeout_s  # set in the master, inherited by each fork
-keepalive = int(os.environ.get("KEEPALIVE_S", "5"))
-timeout = int(os.environ.get("TIMEOUT_S", "60"))
-graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT_S", "20"))
+keepalive = _settings.keepalive_s
+timeout = _settings.timeout_s
+graceful_timeout = _settings.graceful_timeout_s
 preload_app = True
 control_socket_disable = True
 proc_name = f"mlops-serving:{_settings.port}"
-accesslog = os.environ.get("ACCESS_LOG") or None
+accesslog = _settings.access_log
 errorlog = "-"
 loglevel = _settings.log_level.lower()
 limit_request_line = 8190
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1")
+forwarded_allow_ips = _settings.forwarded_allow_ips
 
 
 def pre_fork(server, worker):
@@ -99,4 +100,4 @@ def child_exit(server, worker):
 
 def on_exit(server):
     if _OWN_METRICS_DIR:
-        shutil.rmtree(os.environ.get("PROMETHEUS_MULTIPROC_DIR", ""), ignore_errors=True)
+        shutil.rmtree(_METRICS_DIR, ignore_errors=True)

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import orjson
 
+from mlops.util import first_line
+from serving.errors import InputError
 from serving.settings import DEFAULT_MAX_COLUMNS
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
@@ -80,16 +82,6 @@ def _check_width(count: int, spec: InputSpec, what: str) -> None:
             f"{what} has {count} columns; at most {limit} are accepted (MAX_COLUMNS; the model signature has "
             f"{len(spec.columns)})",
         )
-
-
-class InputError(Exception):
-    """A client mistake: becomes an HTTP 4xx with ``{"error_code", "message"}``."""
-
-    def __init__(self, code: str, message: str, status: int = 400):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 @dataclass(frozen=True)
@@ -545,7 +537,7 @@ def _parse_csv(body: bytes, spec: InputSpec, build_frame: bool) -> ParsedInput:
     try:
         cols = next(csv.reader(io.StringIO(text)))
     except (csv.Error, StopIteration) as exc:
-        raise InputError("MALFORMED_CSV", f"cannot parse the CSV header: {_first_line(exc)}") from None
+        raise InputError("MALFORMED_CSV", f"cannot parse the CSV header: {first_line(exc)}") from None
     _check_width(len(cols), spec, "the CSV header")
     counts = Counter(cols)  # linear: a header of many (empty) names must not cost n^2
     dupes = sorted(c for c, n in counts.items() if n > 1)
@@ -558,9 +550,9 @@ def _parse_csv(body: bytes, spec: InputSpec, build_frame: bool) -> ParsedInput:
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=dtypes)
     except (ValueError, TypeError) as exc:
-        raise InputError("INVALID_VALUE_TYPE", f"CSV values do not match the signature types: {_first_line(exc)}") from None
+        raise InputError("INVALID_VALUE_TYPE", f"CSV values do not match the signature types: {first_line(exc)}") from None
     except Exception as exc:  # noqa: BLE001
-        raise InputError("MALFORMED_CSV", f"cannot parse CSV: {_first_line(exc)}") from None
+        raise InputError("MALFORMED_CSV", f"cannot parse CSV: {first_line(exc)}") from None
     if len(frame) == 0:
         raise InputError("EMPTY_INPUT", "CSV holds a header but no rows")
     if sorted(map(str, frame.columns)) != sorted(cols):
@@ -609,8 +601,3 @@ def _names(names) -> str:
 def _short_name(name: Any) -> str:
     text = str(name)
     return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

@@ -32,9 +32,11 @@ from typing import Any
 import numpy as np
 
 from mlops.model_io import LoadedModel, ModelLoadError, load_local, smoke_test
+from mlops.util import first_line
 from serving import inputs
 from serving.compiled import CompiledPipeline, Unsupported
-from serving.inputs import InputError, InputSpec, ParsedInput
+from serving.errors import InputError
+from serving.inputs import InputSpec, ParsedInput
 
 log = logging.getLogger("serving.runtime")
 
@@ -232,7 +234,7 @@ class ModelRuntime:
             try:
                 labels, proba = self.frame_native(table, with_proba)
             except (ValueError, TypeError, KeyError) as exc:
-                raise InputError("INVALID_INPUT", f"the model rejected the input: {_first_line(str(exc))}") from None
+                raise InputError("INVALID_INPUT", f"the model rejected the input: {first_line(str(exc))}") from None
             return Prediction(labels, proba, self.classes, parsed.rows)
         return self._predict_pyfunc(parsed, with_proba)
 
@@ -246,9 +248,9 @@ class ModelRuntime:
                 warnings.simplefilter("ignore")
                 labels = self.loaded.pyfunc.predict(data, params=params) if params else self.loaded.pyfunc.predict(data)
         except MlflowException as exc:
-            raise InputError("INVALID_INPUT", _first_line(exc.message)) from None
+            raise InputError("INVALID_INPUT", first_line(exc.message)) from None
         except (ValueError, TypeError, KeyError) as exc:
-            raise InputError("INVALID_INPUT", f"the model rejected the input: {_first_line(str(exc))}") from None
+            raise InputError("INVALID_INPUT", f"the model rejected the input: {first_line(str(exc))}") from None
         proba = None
         sk = self.loaded.sklearn_model
         if with_proba and sk is not None and hasattr(sk, "predict_proba") and parsed.frame is not None:
@@ -284,7 +286,7 @@ class ModelRuntime:
                 labels, proba = native(X, with_proba=True)
                 ref_proba = sk.predict_proba(self._example_frame()) if native.has_proba else None
         except Exception as exc:  # noqa: BLE001 - any failure means: use pyfunc
-            self.native_reason = f"native call failed on the input example: {_first_line(str(exc))}"
+            self.native_reason = f"native call failed on the input example: {first_line(str(exc))}"
             log.warning("%s v%s: using the pyfunc path (%s)", self.name, self.version, self.native_reason)
             return
         noisy = [str(w.message) for w in caught if "feature names" in str(w.message)]
@@ -307,7 +309,7 @@ class ModelRuntime:
         try:
             bodies = self._variant_bodies()
         except Exception as exc:  # noqa: BLE001 - any failure means: use pyfunc
-            self.native_reason = f"cannot build rows from the input example: {_first_line(str(exc))}"
+            self.native_reason = f"cannot build rows from the input example: {first_line(str(exc))}"
             log.warning("%s v%s: using the pyfunc path (%s)", self.name, self.version, self.native_reason)
             return
         candidates: list[tuple[str, Any]] = []
@@ -318,7 +320,7 @@ class ModelRuntime:
         except Unsupported as exc:
             compiled_why = f"not compiled: {exc}"
         except Exception as exc:  # noqa: BLE001 - any failure means: try the next path
-            compiled_why = f"not compiled: {_first_line(str(exc))}"
+            compiled_why = f"not compiled: {first_line(str(exc))}"
         candidates.append(("frame", FramePredictor(sk)))
         for kind, predictor in candidates:
             why = next((w for w in (self._frame_differs(predictor, b) for b in bodies) if w), None)
@@ -373,7 +375,7 @@ class ModelRuntime:
             try:
                 labels, proba = frame_native(frame.copy(), with_proba=True)
             except Exception as exc:  # noqa: BLE001
-                return None if expected is None else f"frame call failed: {_first_line(str(exc))}"
+                return None if expected is None else f"frame call failed: {first_line(str(exc))}"
         if expected is None:
             return "the frame path accepts rows pyfunc refuses"
         if not _same(labels, expected):
@@ -444,7 +446,7 @@ class ModelRuntime:
         except InputError as exc:
             raise ModelLoadError(f"the input example fails the serving path: {exc.message}") from None
         except Exception as exc:  # noqa: BLE001
-            raise ModelLoadError(f"the input example fails the serving path: {_first_line(str(exc))}") from None
+            raise ModelLoadError(f"the input example fails the serving path: {first_line(str(exc))}") from None
 
     # -- description ------------------------------------------------------------------------------
 
@@ -493,9 +495,9 @@ def _parse_with_mlflow(body: bytes, kind: str, loaded: LoadedModel) -> ParsedInp
     except InputError:
         raise
     except MlflowException as exc:
-        raise InputError("INVALID_INPUT", _first_line(exc.message)) from None
+        raise InputError("INVALID_INPUT", first_line(exc.message)) from None
     except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise InputError("INVALID_INPUT", _first_line(str(exc))) from None
+        raise InputError("INVALID_INPUT", first_line(str(exc))) from None
     try:
         n = len(parsed)
     except TypeError:
@@ -565,8 +567,3 @@ def _orjson_dumps(obj: Any) -> bytes:
     import orjson
 
     return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def _first_line(text: str) -> str:
-    lines = str(text).strip().splitlines()
-    return lines[0][:500] if lines else "error"

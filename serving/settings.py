@@ -54,6 +54,14 @@ class Settings:
     #: True: refuse unknown columns and top-level keys with this service's own error codes (the
     #: behaviour before MLflow parity); False (default): answer /invocations as `mlflow models serve`
     strict_input: bool = False
+    # -- gunicorn (serving/gunicorn.conf.py) --
+    worker_class: str = "serving.worker.ServingWorker"
+    keepalive_s: int = 5
+    timeout_s: int = 60
+    graceful_timeout_s: int = 20
+    access_log: str | None = None
+    forwarded_allow_ips: str = "127.0.0.1"
+    metrics_dir: Path | None = None
 
     @property
     def selector(self) -> str:
@@ -66,9 +74,18 @@ class Settings:
         return f"@{self.model_alias}" if self.model_alias else str(self.model_stage)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Read and check every variable; raise SettingsError naming the first bad one."""
+    def from_env(cls, env: Mapping[str, str] | None = None, **options: object) -> Settings:
+        """Read and check every variable; raise SettingsError naming the first bad one.
+
+        ``options`` (field names, e.g. ``port=5002``; None is skipped) take the place of their
+        variable and are checked the same way: ``mlops serve --port`` hands its options here.
+        """
         env = os.environ if env is None else env
+        given = {k: v for k, v in options.items() if v is not None}
+        if unknown := sorted(set(given) - set(OPTION_VARS)):
+            raise SettingsError(f"unknown serving option(s): {', '.join(unknown)}")
+        if given:
+            env = {**env, **{OPTION_VARS[k]: str(v) for k, v in given.items()}}
 
         def get(name: str) -> str | None:
             value = env.get(name)
@@ -81,7 +98,7 @@ class Settings:
             try:
                 value = kind(raw)
             except ValueError:
-                raise SettingsError(f"{name} must be a {kind.__name__}, got {raw!r}") from None
+                raise SettingsError(f"{name} must be {_KIND_WORDS[kind]}, got {raw!r}") from None
             if (low is not None and value < low) or (high is not None and value > high):
                 bounds = f"between {low} and {high}" if high is not None else f">= {low}"
                 raise SettingsError(f"{name} must be {bounds}, got {raw}")
@@ -120,7 +137,18 @@ class Settings:
             retry_failed_after_s=number("RETRY_FAILED_AFTER_S", float, 60.0, 0, 86400),
             keep_loaded_versions=number("KEEP_LOADED_VERSIONS", int, 2, 1, 20),
             strict_input=_flag("STRICT_INPUT", get("STRICT_INPUT"), False),
+            worker_class=get("WORKER_CLASS") or "serving.worker.ServingWorker",
+            keepalive_s=number("KEEPALIVE_S", int, 5, 0, 3600),
+            timeout_s=number("TIMEOUT_S", int, 60, 0, 86400),
+            graceful_timeout_s=number("GRACEFUL_TIMEOUT_S", int, 20, 0, 86400),
+            access_log=get("ACCESS_LOG"),
+            forwarded_allow_ips=get("FORWARDED_ALLOW_IPS") or "127.0.0.1",
+            metrics_dir=Path(raw_dir) if (raw_dir := get("PROMETHEUS_MULTIPROC_DIR")) else None,
         )
+
+    def environ(self) -> dict[str, str]:
+        """The variables that give a child process (gunicorn) these same settings' options."""
+        return {var: str(getattr(self, name)) for name, var in OPTION_VARS.items()}
 
     def __repr__(self) -> str:
         return f"Settings({self.public()})"
@@ -143,6 +171,10 @@ class Settings:
         }
 
 
+#: The settings a command line may give (``mlops serve``), and the variable each stands for.
+OPTION_VARS = {"tracking_uri": "MLFLOW_TRACKING_URI", "host": "HOST", "port": "PORT", "workers": "WORKERS", "threads": "THREADS"}
+
+_KIND_WORDS = {int: "a whole number", float: "a number"}
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -167,5 +199,3 @@ def _normalize_stage(stage: str) -> str:
 
 def _path(value: str | None, default: Path) -> Path:
     return Path(value).expanduser().resolve() if value else default
-
-

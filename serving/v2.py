@@ -15,13 +15,13 @@ from dataclasses import dataclass
 from importlib import metadata as pkg_metadata
 from typing import TYPE_CHECKING
 
-import numpy as np
 import orjson
 from flask import Blueprint, Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
 from serving import codecs_v2, inputs
-from serving.inputs import InputError
+from serving.errors import InputError
+from serving.http import json_response
 
 if TYPE_CHECKING:
     from serving.manager import ModelManager
@@ -32,7 +32,6 @@ log = logging.getLogger("serving.v2")
 
 PREFIX = "/v2"
 SERVER_NAME = "ml-devops-app"
-_DUMPS_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
 @dataclass(frozen=True)
@@ -48,20 +47,11 @@ class Hooks:
 
 
 def _json(payload: object, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(orjson.dumps(payload, option=_DUMPS_OPTS, default=_default), status=status,
-                    mimetype="application/json", headers=headers)
+    return json_response(payload, status, headers)
 
 
 def _error(message: str, status: int, headers: dict | None = None) -> Response:
     return _json({"error": message}, status, headers)
-
-
-def _default(obj: object) -> object:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
 def _server_version() -> str:

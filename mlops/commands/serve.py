@@ -28,14 +28,8 @@ def serve(host: str | None, port: int | None, workers: int | None, tracking_uri:
     from serving.settings import Settings, SettingsError
 
     conf = Path(serving.__file__).resolve().parent / "gunicorn.conf.py"
-    if host:
-        os.environ["HOST"] = host
-    if port:
-        os.environ["PORT"] = str(port)
-    if workers:
-        os.environ["WORKERS"] = str(workers)
     try:
-        settings = Settings.from_env()
+        settings = Settings.from_env(tracking_uri=tracking_uri, host=host, port=port, workers=workers)
     except SettingsError as exc:
         fail(str(exc))
     click.echo(
@@ -44,7 +38,7 @@ def serve(host: str | None, port: int | None, workers: int | None, tracking_uri:
         err=True,
     )
     argv = [sys.executable, "-m", "gunicorn", "-c", str(conf), "serving.wsgi:app"]
-    os.execv(sys.executable, argv)
+    os.execve(sys.executable, argv, env.inherited(**settings.environ()))
 
 
 @click.command()
