@@ -31,6 +31,7 @@ CSV_NULLS = ("", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan
 PREDICTION = "prediction"
 NUMERIC = {"double", "float"}
 INTEGER = {"long", "integer"}
+_CSV_KEPT = ("long", "double", "boolean")  # inferred types kept for CSV columns the model does not read
 SPARK_TYPES = {"double": "double", "float": "float", "long": "bigint", "integer": "int", "boolean": "boolean",
                "string": "string", "binary": "binary", "datetime": "timestamp"}
 
@@ -297,7 +298,8 @@ def read(spark: Any, info: InputInfo, plan: Plan) -> Any:
     """The input as a Spark DataFrame: features with the signature's Spark types, kept columns as read.
 
     CSV is read as text (header checked against the names, FAILFAST on malformed lines), missing
-    tokens become null, features are cast with ``try_cast``; a cell that does not convert raises
+    tokens become null, features are cast with ``try_cast`` to the signature's type and other
+    numeric or boolean columns to the type of their first rows; a cell that does not convert raises
     ``column 'x' holds 'v', which is not a double`` from inside the job. Parquet is read natively
     and its features cast to the signature's types (widening only; :func:`check` made sure).
     """
@@ -323,8 +325,9 @@ def read(spark: Any, info: InputInfo, plan: Plan) -> Any:
     for name in names:
         raw = F.col(f"`{name}`")
         cleaned = F.when(raw.isin(nulls), F.lit(None)).otherwise(raw)
-        if name in plan.types:
-            want = plan.types[name]
+        # Features get the signature's type; other columns the type of their first rows (ids stay numbers).
+        want = plan.types.get(name) or (info.columns[name] if info.columns[name] in _CSV_KEPT else None)
+        if want is not None and want != "string":
             converted = cleaned.try_cast(SPARK_TYPES[want])
             message = F.concat(F.lit(f"column '{name}' holds '"), cleaned, F.lit(f"', which is not a {want}"))
             cleaned = F.when(cleaned.isNotNull() & converted.isNull(), F.raise_error(message)).otherwise(converted)
