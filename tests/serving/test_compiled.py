@@ -121,9 +121,9 @@ def test_compiled_equals_scikit_learn_bit_for_bit(fitted, rows):
 
 def test_a_large_batch_is_exact_too(fitted, monkeypatch):
     """3,000 rows, walked in chunks of a few rows (the chunking must not change a bit)."""
-    import serving.compiled
+    import serving.compiled_hgb
 
-    monkeypatch.setattr(serving.compiled, "CHUNK_CELLS", 5000)
+    monkeypatch.setattr(serving.compiled_hgb, "CHUNK_CELLS", 5000)
     model, compiled, columns = fitted
     raw = table(3000, seed=99)
     frame = prepare_frame(raw, plan_columns(raw))[columns]
