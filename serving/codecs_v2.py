@@ -22,16 +22,9 @@ import numpy as np
 import orjson
 
 from serving.errors import InputError
-from serving.inputs import (
-    ColumnSpec,
-    InputSpec,
-    ParsedInput,
-    _check_values,
-    _jtype,
-    _names,
-    _to_columns,
-    max_columns,
-)
+from serving.inputs import max_columns
+from serving.schema import ColumnSpec, InputSpec, ParsedInput, jtype, quoted_names
+from serving.values import check_values, to_columns
 
 if TYPE_CHECKING:
     from serving.runtime import ModelRuntime, Prediction
@@ -200,7 +193,7 @@ def _requested_outputs(raw: Any, runtime: ModelRuntime) -> tuple[str, ...]:
         if out.get("parameters") is not None and not isinstance(out["parameters"], dict):
             raise bad(f"output '{short(out['name'])}': 'parameters' must be an object")
         if out["name"] not in available:
-            raise bad(f"unknown output '{short(out['name'])}': this model produces {_names(available)}")
+            raise bad(f"unknown output '{short(out['name'])}': this model produces {quoted_names(available)}")
         if out["name"] not in wanted:
             wanted.append(out["name"])
     return tuple(n for n in available if n in wanted)
@@ -320,7 +313,7 @@ def _from_columns(tensors: list[Tensor], spec: InputSpec, params: dict | None, n
         if j is None:
             hint = f" (or one 2-D tensor '{MATRIX_INPUT}')" if _one_type(spec) else ""
             raise bad(f"unknown input tensor '{short(t.name)}': the model takes one tensor per signature column, "
-                      f"named {_names(spec.columns)}{hint}")
+                      f"named {quoted_names(spec.columns)}{hint}")
         if len(t.shape) > 2 or (len(t.shape) == 2 and t.shape[1] != 1):
             raise bad(f"input tensor '{short(t.name)}': shape {t.shape}; a column tensor has shape [n] or [n, 1]")
         if n is None:
@@ -334,7 +327,7 @@ def _from_columns(tensors: list[Tensor], spec: InputSpec, params: dict | None, n
         cols[j] = t.data
     missing = [s.name for s, c in zip(spec.specs, cols, strict=True) if c is None and s.required]
     if missing:
-        raise bad(f"missing input tensor(s) required by the model signature: {_names(missing)}")
+        raise bad(f"missing input tensor(s) required by the model signature: {quoted_names(missing)}")
     assert n is not None
     if n == 0:
         raise bad(f"input tensor '{short(first)}' holds no rows")
@@ -387,8 +380,8 @@ def _from_matrix(t: Tensor, spec: InputSpec, params: dict | None, native: bool) 
 
 def _frame(rows: list, spec: InputSpec, params: dict | None, n: int) -> ParsedInput:
     """Rows in signature order → the typed DataFrame /invocations builds (same checks)."""
-    _check_values(rows, spec)
-    return ParsedInput(None, None, params, n, FMT, columns=_to_columns(rows, spec))
+    check_values(rows, spec)
+    return ParsedInput(None, None, params, n, FMT, columns=to_columns(rows, spec))
 
 
 def _unsigned(tensors: list[Tensor], params: dict | None) -> ParsedInput:
@@ -552,7 +545,7 @@ def _label_datatype(runtime: ModelRuntime) -> str:
 
 def _a(value: Any) -> str:
     """The JSON type of ``value`` with its article: "an integer", "a list"."""
-    name = _jtype(value)
+    name = jtype(value)
     return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 

@@ -17,7 +17,11 @@ from dataclasses import dataclass
 
 import orjson
 
+from mlops.model_io import LoadedModel
+from mlops.util import first_line
+from serving import inputs
 from serving.errors import InputError
+from serving.schema import ParsedInput
 
 log = logging.getLogger("serving.compat")
 
@@ -49,11 +53,11 @@ def invoke(pyfunc, body: bytes, content_type: str, clearer: InputError | None = 
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc import scoring_server
 
-    from serving.runtime import _sklearn_checks_on
+    from serving.predictors import sklearn_checks_on
 
     schema = pyfunc.metadata.get_input_schema()
     try:
-        with warnings.catch_warnings(), _sklearn_checks_on():
+        with warnings.catch_warnings(), sklearn_checks_on():
             warnings.simplefilter("ignore")
             result = scoring_server.invocations(body, content_type, pyfunc, schema)
     except MlflowException as exc:
@@ -87,3 +91,32 @@ def summary(message: str) -> str:
     lines = [line for line in text.strip().splitlines() if line.strip()]
     first = lines[0] if lines else "invalid input"
     return first if len(first) <= _MAX_MESSAGE else first[: _MAX_MESSAGE - 3] + "..."
+
+
+def parse_with_mlflow(body: bytes, kind: str, loaded: LoadedModel) -> ParsedInput:
+    """Models without a column signature: MLflow's own parser, errors as InputError."""
+    import io
+
+    from mlflow.exceptions import MlflowException
+    from mlflow.pyfunc.scoring_server import infer_and_parse_data, parse_csv_input
+
+    schema = loaded.signature.inputs if loaded.signature is not None else None
+    try:
+        if kind == "csv":
+            frame = parse_csv_input(io.StringIO(body.decode("utf-8")), schema=schema)
+            return ParsedInput(None, frame, None, len(frame), "csv")
+        fmt, data, params = inputs.split_payload(inputs.decode_json(body))
+        parsed = infer_and_parse_data({fmt: data}, schema)
+    except InputError:
+        raise
+    except MlflowException as exc:
+        raise InputError("INVALID_INPUT", first_line(exc.message)) from None
+    except (ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise InputError("INVALID_INPUT", first_line(str(exc))) from None
+    try:
+        n = len(parsed)
+    except TypeError:
+        n = 1
+    if n == 0:
+        raise InputError("EMPTY_INPUT", f"{fmt} holds no rows")
+    return ParsedInput(None, parsed, params, n, fmt)

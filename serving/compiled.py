@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from serving.compiled_hgb import CompiledHGB, Mismatch, Unsupported, is_nan
-from serving.inputs import TypedColumns
+from serving.schema import TypedColumns
 
 log = logging.getLogger("serving.compiled")
 

@@ -11,8 +11,6 @@ import csv
 import io
 import json
 from collections import Counter
-from dataclasses import dataclass
-from itertools import chain
 from operator import itemgetter
 from typing import Any
 
@@ -21,7 +19,16 @@ import orjson
 
 from mlops.util import first_line
 from serving.errors import InputError
+from serving.schema import (  # noqa: F401 - ColumnSpec and TypedColumns re-exported for callers
+    ColumnSpec,
+    InputSpec,
+    ParsedInput,
+    TypedColumns,
+    jtype,
+    quoted_names,
+)
 from serving.settings import DEFAULT_MAX_COLUMNS
+from serving.values import check_values, to_array, to_columns
 
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 PARAMS_KEY = "params"
@@ -29,18 +36,6 @@ JSON_TYPES = ("application/json",)
 CSV_TYPES = ("text/csv",)
 PARQUET_TYPES = ("application/vnd.apache.parquet",)
 
-# JSON value types accepted for each signature type (bool is not a number here).
-_ALLOWED = {
-    "double": (float, int),
-    "float": (float, int),
-    "long": (int,),
-    "integer": (int,),
-    "boolean": (bool,),
-    "string": (str,),
-    "binary": (str, bytes),
-    "datetime": (str,),
-}
-_NUMERIC = ("double", "float", "long", "integer", "boolean")
 
 #: The cap on the columns a request may name (CSV header, dataframe_split columns, record keys).
 _limits = {"max_columns": DEFAULT_MAX_COLUMNS}
@@ -82,120 +77,6 @@ def _check_width(count: int, spec: InputSpec, what: str) -> None:
             f"{what} has {count} columns; at most {limit} are accepted (MAX_COLUMNS; the model signature has "
             f"{len(spec.columns)})",
         )
-
-
-@dataclass(frozen=True)
-class ColumnSpec:
-    """One named column of the model's input signature."""
-
-    name: str
-    type: str
-    required: bool
-    dtype: np.dtype | None
-
-
-@dataclass(frozen=True)
-class InputSpec:
-    """Precomputed column order and dtypes of a column-based signature."""
-
-    columns: tuple[str, ...]
-    specs: tuple[ColumnSpec, ...]
-    #: one numpy dtype for the whole array when every column has the same numeric type
-    dtype: np.dtype | None
-    all_required: bool
-    has_params: bool
-
-    @property
-    def uniform(self) -> bool:
-        """True when a request becomes one numpy array (the fast path)."""
-        return self.dtype is not None
-
-    @classmethod
-    def from_signature(cls, signature) -> InputSpec | None:
-        """The spec of a named, column-based signature; None for tensors or no signature."""
-        if signature is None or signature.inputs is None:
-            return None
-        schema = signature.inputs
-        if schema.is_tensor_spec() or not schema.has_input_names():
-            return None
-        specs = []
-        for col in schema.inputs:
-            type_name = getattr(col.type, "name", None)
-            if type_name not in _ALLOWED:
-                return None  # arrays, objects, maps: leave them to MLflow's own parser
-            try:
-                dtype = np.dtype(col.type.to_numpy())
-            except Exception:  # noqa: BLE001 - no numpy equivalent
-                dtype = None
-            specs.append(ColumnSpec(col.name, type_name, bool(col.required), dtype))
-        types = {s.type for s in specs}
-        uniform = None
-        if len(types) == 1 and next(iter(types)) in _NUMERIC:
-            uniform = specs[0].dtype
-            if specs[0].type in ("long", "integer", "boolean") and not all(s.required for s in specs):
-                uniform = None  # a missing value has no integer/bool representation
-        params = getattr(signature, "params", None)
-        return cls(
-            columns=tuple(s.name for s in specs),
-            specs=tuple(specs),
-            dtype=uniform,
-            all_required=all(s.required for s in specs),
-            has_params=bool(params and getattr(params, "params", None)),
-        )
-
-
-class TypedColumns:
-    """Checked columns with the signature's types, by name: what a DataFrame of the request would
-    hold, without building one (the compiled path reads the arrays; :meth:`to_frame` builds the
-    DataFrame MLflow's parser would, for every other path)."""
-
-    __slots__ = ("names", "data", "rows")
-
-    def __init__(self, names: list[str], data: dict[str, Any], rows: int):
-        self.names = names
-        self.data = data
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return self.rows
-
-    def column(self, name: str) -> np.ndarray:
-        values = self.data[name]
-        return values if isinstance(values, np.ndarray) else np.array(values, dtype=object)
-
-    def to_frame(self):
-        import pandas as pd
-
-        return pd.DataFrame(self.data, columns=self.names)
-
-
-class ParsedInput:
-    """A validated request: an array (fast path) or a DataFrame, plus MLflow ``params``.
-
-    ``columns`` (typed columns by name) stands in for the DataFrame until one is asked for:
-    ``frame`` builds it on first use."""
-
-    __slots__ = ("array", "_frame", "params", "rows", "fmt", "columns")
-
-    def __init__(self, array: np.ndarray | None, frame: Any | None, params: dict | None, rows: int, fmt: str,
-                 columns: TypedColumns | None = None):
-        self.array = array
-        self._frame = frame
-        self.params = params
-        self.rows = rows
-        self.fmt = fmt
-        self.columns = columns
-
-    @property
-    def frame(self) -> Any | None:
-        if self._frame is None and self.columns is not None:
-            self._frame = self.columns.to_frame()
-        return self._frame
-
-    @property
-    def tabular(self) -> bool:
-        """A DataFrame (built or not) rather than an array."""
-        return self._frame is not None or self.columns is not None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,7 +127,7 @@ def decode_json(body: bytes) -> dict:
     if not isinstance(payload, dict):
         raise InputError(
             "INVALID_INPUT_FORMAT",
-            f"expected a JSON object with exactly one of {', '.join(FORMATS)}; got a {_jtype(payload)}",
+            f"expected a JSON object with exactly one of {', '.join(FORMATS)}; got a {jtype(payload)}",
         )
     return payload
 
@@ -255,17 +136,17 @@ def split_payload(payload: dict) -> tuple[str, Any, dict | None]:
     """(format, data, params) from a scoring-protocol object."""
     found = [k for k in FORMATS if k in payload]
     if len(found) != 1:
-        got = _names(sorted(map(str, payload))) or "none"
+        got = quoted_names(sorted(map(str, payload))) or "none"
         raise InputError(
             "INVALID_INPUT_FORMAT",
             f"the JSON object must have exactly one of {', '.join(FORMATS)} (plus optional params); got keys: {got}",
         )
     unknown = [k for k in payload if k not in FORMATS and k != PARAMS_KEY]
     if unknown:
-        raise InputError("INVALID_INPUT_FORMAT", f"unknown top-level key(s): {_names(map(str, unknown))}")
+        raise InputError("INVALID_INPUT_FORMAT", f"unknown top-level key(s): {quoted_names(map(str, unknown))}")
     params = payload.get(PARAMS_KEY)
     if params is not None and not isinstance(params, dict):
-        raise InputError("INVALID_PARAMS", f"params must be a JSON object, got a {_jtype(params)}")
+        raise InputError("INVALID_PARAMS", f"params must be a JSON object, got a {jtype(params)}")
     return found[0], payload[found[0]], params
 
 
@@ -276,13 +157,13 @@ def split_payload(payload: dict) -> tuple[str, Any, dict | None]:
 def parse(body: bytes, kind: str, spec: InputSpec, build_frame: bool = False) -> ParsedInput:
     """Validate a JSON or CSV body against ``spec``; raise InputError naming the problem."""
     if kind == "csv":
-        return _parse_csv(body, spec, build_frame)
+        return parse_csv(body, spec, build_frame)
     fmt, data, params = split_payload(decode_json(body))
     if fmt == "dataframe_split":
         rows = _split_rows(data, spec)
     elif fmt == "dataframe_records":
         if not isinstance(data, list):
-            raise InputError("INVALID_INPUT_FORMAT", f"dataframe_records must be a list of objects, got a {_jtype(data)}")
+            raise InputError("INVALID_INPUT_FORMAT", f"dataframe_records must be a list of objects, got a {jtype(data)}")
         rows = _records_rows(data, spec, fmt)
     else:
         rows = _tf_rows(data, spec, fmt)
@@ -293,17 +174,17 @@ def parse(body: bytes, kind: str, spec: InputSpec, build_frame: bool = False) ->
         # JSON booleans are the only values numpy would silently take for numbers: without the
         # tokens in the body, numpy's own type inference is an exact type check.
         maybe_bool = b"true" in body or b"false" in body
-        return ParsedInput(_to_array(rows, spec, maybe_bool), None, params, n, fmt)
-    _check_values(rows, spec)
-    return ParsedInput(None, None, params, n, fmt, columns=_to_columns(rows, spec))
+        return ParsedInput(to_array(rows, spec, maybe_bool), None, params, n, fmt)
+    check_values(rows, spec)
+    return ParsedInput(None, None, params, n, fmt, columns=to_columns(rows, spec))
 
 
 def _split_rows(data: Any, spec: InputSpec) -> list:
     if not isinstance(data, dict):
-        raise InputError("INVALID_INPUT_FORMAT", f"dataframe_split must be an object with columns and data, got a {_jtype(data)}")
+        raise InputError("INVALID_INPUT_FORMAT", f"dataframe_split must be an object with columns and data, got a {jtype(data)}")
     extra = set(data) - {"columns", "data", "index"}
     if extra:
-        raise InputError("INVALID_INPUT_FORMAT", f"dataframe_split has unknown key(s): {_names(sorted(map(str, extra)))}")
+        raise InputError("INVALID_INPUT_FORMAT", f"dataframe_split has unknown key(s): {quoted_names(sorted(map(str, extra)))}")
     if "columns" not in data:
         raise InputError("MISSING_COLUMNS", "dataframe_split needs 'columns' (the signature's column names)")
     if "data" not in data:
@@ -313,10 +194,10 @@ def _split_rows(data: Any, spec: InputSpec) -> list:
         raise InputError("INVALID_INPUT_FORMAT", "dataframe_split columns must be a list of strings")
     _check_width(len(columns), spec, "dataframe_split columns")
     if not isinstance(rows, list):
-        raise InputError("INVALID_INPUT_FORMAT", f"dataframe_split data must be a list of rows, got a {_jtype(rows)}")
+        raise InputError("INVALID_INPUT_FORMAT", f"dataframe_split data must be a list of rows, got a {jtype(rows)}")
     index = data.get("index")
     if "index" in data and (not isinstance(index, list) or len(index) != len(rows)):
-        got = f"{len(index)} entries" if isinstance(index, list) else f"a {_jtype(index)}"
+        got = f"{len(index)} entries" if isinstance(index, list) else f"a {jtype(index)}"
         raise InputError("INVALID_INPUT_FORMAT",
                          f"dataframe_split index has {got} but data has {len(rows)} rows")
     _check_rows_shape(rows, len(columns), "dataframe_split")
@@ -339,7 +220,7 @@ def _permutation(columns: list[str], spec: InputSpec) -> list[int | None]:
             dupes[c] = None
         seen[c] = i
     if dupes:
-        raise InputError("DUPLICATE_COLUMNS", f"duplicate column(s): {_names(dupes)}")
+        raise InputError("DUPLICATE_COLUMNS", f"duplicate column(s): {quoted_names(dupes)}")
     _check_column_names(set(columns), spec)
     return [seen.get(c) for c in spec.columns]
 
@@ -349,9 +230,9 @@ def _check_column_names(given: set, spec: InputSpec) -> None:
     missing = [c for c in spec.columns if c in required and c not in given]
     extra = sorted(str(c) for c in given - set(spec.columns))
     if missing:
-        raise InputError("MISSING_COLUMNS", f"missing column(s) required by the model signature: {_names(missing)}")
+        raise InputError("MISSING_COLUMNS", f"missing column(s) required by the model signature: {quoted_names(missing)}")
     if extra:
-        raise InputError("UNKNOWN_COLUMNS", f"column(s) not in the model signature: {_names(extra)}")
+        raise InputError("UNKNOWN_COLUMNS", f"column(s) not in the model signature: {quoted_names(extra)}")
 
 
 def _check_rows_shape(rows: list, width: int, fmt: str) -> None:
@@ -359,7 +240,7 @@ def _check_rows_shape(rows: list, width: int, fmt: str) -> None:
         return
     if not set(map(type, rows)) <= {list}:
         bad = next(i for i, r in enumerate(rows) if type(r) is not list)
-        raise InputError("INVALID_INPUT_FORMAT", f"{fmt}: row {bad} must be a list of values, got a {_jtype(rows[bad])}")
+        raise InputError("INVALID_INPUT_FORMAT", f"{fmt}: row {bad} must be a list of values, got a {jtype(rows[bad])}")
     if set(map(len, rows)) != {width}:
         bad = next(i for i, r in enumerate(rows) if len(r) != width)
         raise InputError("INVALID_INPUT_FORMAT", f"{fmt}: row {bad} has {len(rows[bad])} values, expected {width}")
@@ -370,7 +251,7 @@ def _records_rows(records: list, spec: InputSpec, fmt: str) -> list:
         return records
     if not set(map(type, records)) <= {dict}:
         bad = next(i for i, r in enumerate(records) if type(r) is not dict)
-        raise InputError("INVALID_INPUT_FORMAT", f"{fmt}: record {bad} must be an object, got a {_jtype(records[bad])}")
+        raise InputError("INVALID_INPUT_FORMAT", f"{fmt}: record {bad} must be an object, got a {jtype(records[bad])}")
     width = len(spec.columns)
     if set(map(len, records)) == {width}:
         getter = itemgetter(*spec.columns)
@@ -393,7 +274,7 @@ def _tf_rows(data: Any, spec: InputSpec, fmt: str) -> list:
     if isinstance(data, dict):
         return _columnar_rows(data, spec, fmt)
     if not isinstance(data, list):
-        raise InputError("INVALID_INPUT_FORMAT", f"{fmt} must be a list of rows/records or an object of columns, got a {_jtype(data)}")
+        raise InputError("INVALID_INPUT_FORMAT", f"{fmt} must be a list of rows/records or an object of columns, got a {jtype(data)}")
     if data and isinstance(data[0], dict):
         return _records_rows(data, spec, fmt)
     _mlflow_reads_it_differently(f"{fmt}: rows without column names; send records or an object of columns "
@@ -417,114 +298,7 @@ def _columnar_rows(data: dict, spec: InputSpec, fmt: str) -> list:
     return list(zip(*cols, strict=True))
 
 
-def _to_array(rows: list, spec: InputSpec, maybe_bool: bool = True) -> np.ndarray:
-    """Rows (in signature order) → a column-major array of the signature dtype."""
-    if not maybe_bool and spec.all_required and spec.dtype.kind == "f":
-        # Fast: numpy infers float64/int64 only when every value is a JSON number (strings give
-        # '<U', null gives object, nested lists another shape), so that is the type check.
-        try:
-            arr = np.array(rows)
-        except (ValueError, TypeError, OverflowError):
-            arr = None
-        if arr is not None and arr.ndim == 2 and arr.dtype.kind in "fi" and arr.shape[1] == len(spec.columns):
-            if arr.dtype != np.float64:
-                arr = arr.astype(np.float64)
-            if spec.dtype != np.float64:
-                arr = arr.astype(spec.dtype)
-            _check_finite(arr, spec)
-            return np.asfortranarray(arr)
-    ctype = spec.specs[0].type
-    allowed = _ALLOWED[ctype]
-    if not spec.all_required:
-        allowed = (*allowed, type(None))
-    types = set(map(type, chain.from_iterable(rows)))
-    if not types <= set(allowed):
-        _check_values(rows, spec)  # raises with the column and row
-    try:
-        if spec.dtype.kind == "f":
-            arr = np.array(rows, dtype=np.float64)
-            if spec.dtype != np.float64:
-                arr = arr.astype(spec.dtype)
-        else:
-            arr = np.array(rows, dtype=spec.dtype)
-    except (OverflowError, ValueError, TypeError) as exc:
-        raise InputError("INVALID_VALUE", f"values do not fit the signature type {ctype}: {exc}") from None
-    if arr.ndim != 2 or arr.shape[1] != len(spec.columns):
-        raise InputError("INVALID_INPUT_FORMAT", f"expected rows of {len(spec.columns)} values")
-    if arr.dtype.kind == "f":
-        _check_finite(arr, spec)
-    return np.asfortranarray(arr)
-
-
-def _check_finite(arr: np.ndarray, spec: InputSpec) -> None:
-    if spec.all_required:
-        if np.isfinite(arr).all():
-            return
-        bad = np.argwhere(~np.isfinite(arr))[0]
-    else:
-        idx = [i for i, s in enumerate(spec.specs) if s.required]
-        sub = arr[:, idx]
-        if np.isfinite(sub).all():
-            return
-        b = np.argwhere(~np.isfinite(sub))[0]
-        bad = (b[0], idx[b[1]])
-    row, col = int(bad[0]), int(bad[1])
-    value = arr[row, col]
-    what = "a missing value (null/NaN)" if np.isnan(value) else f"a non-finite value ({value})"
-    raise InputError(
-        "MISSING_VALUE" if np.isnan(value) else "INVALID_VALUE",
-        f"row {row}, column '{spec.columns[col]}': {what}; the signature requires a finite {spec.specs[col].type}",
-    )
-
-
-def _check_values(rows: list, spec: InputSpec) -> None:
-    """Slow, exact per-value check; raises at the first value that does not fit its column."""
-    allowed = [_ALLOWED[s.type] for s in spec.specs]
-    for r, row in enumerate(rows):
-        for c, value in enumerate(row):
-            col = spec.specs[c]
-            if value is None or (type(value) is float and value != value):
-                if col.required:
-                    raise InputError(
-                        "MISSING_VALUE",
-                        f"row {r}, column '{col.name}': a missing value (null/NaN); the signature requires a {col.type}",
-                    )
-                continue
-            if type(value) not in allowed[c]:
-                raise InputError(
-                    "INVALID_VALUE_TYPE",
-                    f"row {r}, column '{col.name}': expected {col.type}, got {_jtype(value)} {_short(value)}",
-                )
-            if type(value) is float and value in (float("inf"), float("-inf")) and col.required:
-                raise InputError("INVALID_VALUE", f"row {r}, column '{col.name}': a non-finite value ({value})")
-
-
-def _to_columns(rows: list, spec: InputSpec) -> TypedColumns:
-    """Checked rows → typed columns whose DataFrame (``to_frame``) is the one MLflow's own parser
-    builds: JSON integers in a double column become doubles, ``null`` in an optional numeric column
-    NaN; integer and boolean columns holding ``null`` stay object (no missing value exists for
-    them) and strings stay Python strings."""
-    columns = list(zip(*rows, strict=True)) if rows else [() for _ in spec.specs]
-    data = {}
-    for s, values in zip(spec.specs, columns, strict=True):
-        data[s.name] = _typed_column(values, s)
-    return TypedColumns(list(spec.columns), data, len(rows))
-
-
-def _typed_column(values: tuple, s: ColumnSpec):
-    if s.dtype is None or s.type in ("string", "binary", "datetime"):
-        return np.array(values, dtype=object) if s.type == "string" else list(values)
-    if s.dtype.kind == "f":
-        return np.array([np.nan if v is None else v for v in values], dtype=np.float64).astype(s.dtype, copy=False)
-    if any(v is None for v in values):
-        return np.array(values, dtype=object)
-    try:
-        return np.array(values, dtype=s.dtype)
-    except (OverflowError, ValueError, TypeError) as exc:
-        raise InputError("INVALID_VALUE", f"column '{s.name}': values do not fit the signature type {s.type}: {exc}") from None
-
-
-def _parse_csv(body: bytes, spec: InputSpec, build_frame: bool) -> ParsedInput:
+def parse_csv(body: bytes, spec: InputSpec, build_frame: bool) -> ParsedInput:
     """CSV parsed exactly as MLflow's scoring server does (pandas with the signature dtypes)."""
     import pandas as pd
 
@@ -542,7 +316,7 @@ def _parse_csv(body: bytes, spec: InputSpec, build_frame: bool) -> ParsedInput:
     counts = Counter(cols)  # linear: a header of many (empty) names must not cost n^2
     dupes = sorted(c for c, n in counts.items() if n > 1)
     if dupes:
-        raise InputError("DUPLICATE_COLUMNS", f"duplicate column(s): {_names(dupes)}")
+        raise InputError("DUPLICATE_COLUMNS", f"duplicate column(s): {quoted_names(dupes)}")
     _check_column_names(set(counts), spec)
     dtypes = {s.name: s.dtype for s in spec.specs if s.dtype is not None and s.name in counts}
     if not spec.all_required:
@@ -574,30 +348,3 @@ def _parse_csv(body: bytes, spec: InputSpec, build_frame: bool) -> ParsedInput:
         arr = np.asfortranarray(frame.to_numpy(dtype=spec.dtype))
         return ParsedInput(arr, None, None, len(frame), "csv")
     return ParsedInput(None, frame, None, len(frame), "csv")
-
-
-def _jtype(value: Any) -> str:
-    return {
-        dict: "object", list: "list", str: "string", bool: "boolean", int: "integer",
-        float: "number", type(None): "null", tuple: "list",
-    }.get(type(value), type(value).__name__)
-
-
-def _short(value: Any) -> str:
-    try:
-        text = orjson.dumps(value).decode()
-    except (TypeError, orjson.JSONEncodeError):
-        text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _names(names) -> str:
-    """At most 10 quoted names, then how many more (messages stay short whatever the input)."""
-    names = list(names)
-    shown = ", ".join(f"'{_short_name(n)}'" for n in names[:10])
-    return shown + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-
-
-def _short_name(name: Any) -> str:
-    text = str(name)
-    return text if len(text) <= 80 else text[:77] + "..."

@@ -19,10 +19,7 @@ Two prediction paths:
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import logging
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -34,13 +31,20 @@ import numpy as np
 from mlops.model_io import LoadedModel, ModelLoadError, load_local, smoke_test
 from mlops.util import first_line
 from serving import inputs
+from serving.compat import parse_with_mlflow
 from serving.compiled import CompiledPipeline, Unsupported
 from serving.errors import InputError
-from serving.inputs import InputSpec, ParsedInput
+from serving.predictors import (
+    FramePredictor,
+    NativePredictor,
+    generated_rows,
+    jsonable,
+    same_bits,
+    sklearn_checks_on,
+)
+from serving.schema import InputSpec, ParsedInput
 
 log = logging.getLogger("serving.runtime")
-
-_tls = threading.local()
 
 
 @dataclass
@@ -98,60 +102,6 @@ def preimport(tracking_uri: str | None = None) -> None:
         import skops.io  # noqa: F401
     except ImportError:  # models saved with pickle/cloudpickle do not need it
         pass
-
-
-class NativePredictor:
-    """Calls a scikit-learn estimator or pipeline directly on a validated numpy array."""
-
-    def __init__(self, model: Any, assume_finite: bool):
-        steps = getattr(model, "steps", None)
-        if steps is not None:
-            self.transforms = [_strip(est) for _, est in steps[:-1] if est not in (None, "passthrough")]
-            self.final = _strip(steps[-1][1])
-        else:
-            self.transforms = []
-            self.final = _strip(model)
-        if self.final in (None, "passthrough") or not hasattr(self.final, "predict"):
-            raise TypeError("the model's last step cannot predict")
-        self.has_proba = hasattr(self.final, "predict_proba")
-        self.classes = _jsonable(getattr(self.final, "classes_", None))
-        # A signature where every column is required is validated finite, so scikit-learn's own
-        # NaN/inf scan is redundant; its config is thread-local, hence set per request thread.
-        self.assume_finite = assume_finite
-
-    def __call__(self, X: np.ndarray, with_proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        if self.assume_finite:
-            if not getattr(_tls, "assume_finite", False):
-                import sklearn
-
-                sklearn.set_config(assume_finite=True)
-                _tls.assume_finite = True
-            return self._run(X, with_proba)
-        import sklearn
-
-        with sklearn.config_context(assume_finite=False):
-            return self._run(X, with_proba)
-
-    def _run(self, X: np.ndarray, with_proba: bool):
-        for t in self.transforms:
-            X = t.transform(X)
-        labels = self.final.predict(X)
-        proba = self.final.predict_proba(X) if with_proba and self.has_proba else None
-        return labels, proba
-
-
-class FramePredictor:
-    """Calls a scikit-learn pipeline directly on a validated, typed DataFrame."""
-
-    def __init__(self, model: Any):
-        self.model = model
-        self.has_proba = hasattr(model, "predict_proba")
-
-    def __call__(self, frame, with_proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        with _sklearn_checks_on():
-            labels = self.model.predict(frame)
-            proba = self.model.predict_proba(frame) if with_proba and self.has_proba else None
-        return labels, proba
 
 
 class ModelRuntime:
@@ -219,7 +169,7 @@ class ModelRuntime:
     def parse(self, body: bytes, kind: str) -> ParsedInput:
         """Validate a request body (``kind`` = json|csv) for this model's signature."""
         if self.spec is None:
-            return _parse_with_mlflow(body, kind, self.loaded)
+            return parse_with_mlflow(body, kind, self.loaded)
         return inputs.parse(body, kind, self.spec, build_frame=self.native is None)
 
     def predict(self, parsed: ParsedInput, with_proba: bool = False) -> Prediction:
@@ -244,7 +194,7 @@ class ModelRuntime:
         data = parsed.frame if parsed.frame is not None else parsed.array
         params = parsed.params if (self.spec is None or self.spec.has_params) else None
         try:
-            with warnings.catch_warnings(), _sklearn_checks_on():
+            with warnings.catch_warnings(), sklearn_checks_on():
                 warnings.simplefilter("ignore")
                 labels = self.loaded.pyfunc.predict(data, params=params) if params else self.loaded.pyfunc.predict(data)
         except MlflowException as exc:
@@ -255,7 +205,7 @@ class ModelRuntime:
         sk = self.loaded.sklearn_model
         if with_proba and sk is not None and hasattr(sk, "predict_proba") and parsed.frame is not None:
             try:
-                with warnings.catch_warnings(), _sklearn_checks_on():
+                with warnings.catch_warnings(), sklearn_checks_on():
                     warnings.simplefilter("ignore")
                     proba = sk.predict_proba(parsed.frame)
             except Exception:  # noqa: BLE001 - probabilities are optional
@@ -266,7 +216,7 @@ class ModelRuntime:
 
     def _setup_native(self, expected: Any) -> None:
         sk = self.loaded.sklearn_model
-        self.classes = _jsonable(getattr(sk, "classes_", None)) if sk is not None else None
+        self.classes = jsonable(getattr(sk, "classes_", None)) if sk is not None else None
         if sk is None:
             return
         if self.spec is None:
@@ -292,9 +242,9 @@ class ModelRuntime:
         noisy = [str(w.message) for w in caught if "feature names" in str(w.message)]
         if noisy:
             self.native_reason = f"native call warns: {noisy[0]}"
-        elif not _same(labels, np.asarray(expected)):
+        elif not same_bits(labels, np.asarray(expected)):
             self.native_reason = "native predictions differ from pyfunc on the input example"
-        elif ref_proba is not None and not _same(proba, ref_proba):
+        elif ref_proba is not None and not same_bits(proba, ref_proba):
             self.native_reason = "native probabilities differ from scikit-learn's on the input example"
         else:
             self.native = native
@@ -340,7 +290,7 @@ class ModelRuntime:
     def _generated_differs(self, predictor: Any, n: int = 256) -> str | None:
         """Compare with the pipeline itself on ``n`` generated rows: every known category, missing
         and unseen values, numbers around the example's."""
-        rows = _generated_rows(self.spec, self._example_frame(), predictor, n, seed=int(self.version or 0))
+        rows = generated_rows(self.spec, self._example_frame(), predictor, n, seed=int(self.version or 0))
         body = _orjson_dumps({"dataframe_split": {"columns": list(self.spec.columns), "data": rows}})
         try:
             frame = inputs.parse(body, "json", self.spec, build_frame=True).frame
@@ -349,13 +299,13 @@ class ModelRuntime:
         sk = self.loaded.sklearn_model
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with _sklearn_checks_on():
+            with sklearn_checks_on():
                 ref_labels = sk.predict(frame.copy())
                 ref_proba = sk.predict_proba(frame.copy()) if hasattr(sk, "predict_proba") else None
             labels, proba = predictor(frame.copy(), with_proba=True)
-        if not _same(labels, ref_labels):
+        if not same_bits(labels, ref_labels):
             return "predictions differ from scikit-learn on generated rows"
-        if ref_proba is not None and not _same(proba, ref_proba):
+        if ref_proba is not None and not same_bits(proba, ref_proba):
             return "probabilities differ from scikit-learn on generated rows"
         return None
 
@@ -368,7 +318,7 @@ class ModelRuntime:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
-                with _sklearn_checks_on():
+                with sklearn_checks_on():
                     expected = np.asarray(self.loaded.pyfunc.predict(frame.copy()))
             except Exception:  # noqa: BLE001 - pyfunc refuses: the frame path must refuse too
                 expected = None
@@ -378,13 +328,13 @@ class ModelRuntime:
                 return None if expected is None else f"frame call failed: {first_line(str(exc))}"
         if expected is None:
             return "the frame path accepts rows pyfunc refuses"
-        if not _same(labels, expected):
+        if not same_bits(labels, expected):
             return "frame predictions differ from pyfunc"
         sk = self.loaded.sklearn_model
         if proba is not None and hasattr(sk, "predict_proba"):
-            with warnings.catch_warnings(), _sklearn_checks_on():
+            with warnings.catch_warnings(), sklearn_checks_on():
                 warnings.simplefilter("ignore")
-                if not _same(proba, sk.predict_proba(frame.copy())):
+                if not same_bits(proba, sk.predict_proba(frame.copy())):
                     return "probabilities differ from scikit-learn"
         return None
 
@@ -466,101 +416,6 @@ class ModelRuntime:
                 except (TypeError, ValueError):
                     out[key] = raw
         return out
-
-
-def _sklearn_checks_on():
-    """scikit-learn's own finiteness checks back on in this thread (the native path of another
-    model may have turned them off here); a no-op context when it never did."""
-    if not getattr(_tls, "assume_finite", False):
-        return contextlib.nullcontext()
-    import sklearn
-
-    return sklearn.config_context(assume_finite=False)
-
-
-def _parse_with_mlflow(body: bytes, kind: str, loaded: LoadedModel) -> ParsedInput:
-    """Models without a column signature: MLflow's own parser, errors as InputError."""
-    import io
-
-    from mlflow.exceptions import MlflowException
-    from mlflow.pyfunc.scoring_server import infer_and_parse_data, parse_csv_input
-
-    schema = loaded.signature.inputs if loaded.signature is not None else None
-    try:
-        if kind == "csv":
-            frame = parse_csv_input(io.StringIO(body.decode("utf-8")), schema=schema)
-            return ParsedInput(None, frame, None, len(frame), "csv")
-        fmt, data, params = inputs.split_payload(inputs.decode_json(body))
-        parsed = infer_and_parse_data({fmt: data}, schema)
-    except InputError:
-        raise
-    except MlflowException as exc:
-        raise InputError("INVALID_INPUT", first_line(exc.message)) from None
-    except (ValueError, TypeError, UnicodeDecodeError) as exc:
-        raise InputError("INVALID_INPUT", first_line(str(exc))) from None
-    try:
-        n = len(parsed)
-    except TypeError:
-        n = 1
-    if n == 0:
-        raise InputError("EMPTY_INPUT", f"{fmt} holds no rows")
-    return ParsedInput(None, parsed, params, n, fmt)
-
-
-def _generated_rows(spec: Any, example, predictor: Any, n: int, seed: int) -> list[list]:
-    """Rows of the signature's types: categories the compiled tables know plus unseen ones,
-    missing values in optional columns, numbers spread around the example's."""
-    rng = np.random.default_rng(seed)
-    known: dict[str, list] = {}
-    for block in getattr(predictor, "blocks", []):
-        for col, table in zip(getattr(block, "columns", []), getattr(block, "tables", []), strict=False):
-            known[col] = [k for k in table if isinstance(k, (str, bool))]
-    columns = []
-    for s in spec.specs:
-        base = example[s.name].dropna().tolist() if s.name in example.columns else []
-        if s.type == "string":
-            pool = [*known.get(s.name, []), *[str(v) for v in base], "unseen-generated"]
-            col = [pool[i] for i in rng.integers(0, len(pool), n)]
-        elif s.type == "boolean":
-            col = [bool(v) for v in rng.integers(0, 2, n)]
-        elif s.type in ("long", "integer"):
-            center = int(base[0]) if base else 0
-            col = [int(v) for v in center + rng.integers(-3, 4, n)]
-        elif s.type in ("double", "float"):
-            center = float(base[0]) if base else 0.0
-            spread = abs(center) * 0.5 + 1.0
-            col = [float(v) for v in center + rng.normal(0.0, spread, n)]
-        else:
-            col = [base[0] if base else None] * n
-        if not s.required:
-            col = [None if m else v for v, m in zip(col, rng.random(n) < 0.15, strict=True)]
-        columns.append(col)
-    return [list(r) for r in zip(*columns, strict=True)]
-
-
-def _strip(est: Any) -> Any:
-    """A shallow copy without ``feature_names_in_`` (the fitted arrays are shared, not copied)."""
-    if est is None or isinstance(est, str) or "feature_names_in_" not in getattr(est, "__dict__", {}):
-        return est
-    clone = copy.copy(est)
-    del clone.feature_names_in_
-    return clone
-
-
-def _same(a: Any, b: Any) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    if a.shape != b.shape or a.dtype != b.dtype:
-        return False
-    if a.dtype.kind == "f":
-        return bool(np.array_equal(a.view(np.uint8 if a.itemsize == 1 else f"u{a.itemsize}"),
-                                   b.view(np.uint8 if b.itemsize == 1 else f"u{b.itemsize}")))
-    return bool(np.array_equal(a, b))
-
-
-def _jsonable(classes: Any) -> list | None:
-    if classes is None:
-        return None
-    return np.asarray(classes).tolist()
 
 
 def _orjson_dumps(obj: Any) -> bytes:
