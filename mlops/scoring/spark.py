@@ -52,6 +52,9 @@ DEFAULTS = {
     "spark.sql.execution.arrow.maxRecordsPerBatch": "10000",
     "spark.sql.parquet.compression.codec": "snappy",
 }
+#: Local masters fork Python workers from :mod:`mlops.scoring.daemon` (MLflow imported once); a
+#: cluster does too when its workers have the project installed: ``--conf`` it there.
+DAEMON = {"spark.python.daemon.module": "mlops.scoring.daemon"}
 
 
 def active_session() -> Any | None:
@@ -91,7 +94,8 @@ def start_session(master: str | None, app_name: str, conf: dict[str, str], verbo
     if master:
         builder = builder.master(master)
     log4j = _log4j_file(verbose)
-    settings = {**DEFAULTS, "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{log4j}", **conf}
+    local = bool(master) and master.startswith("local")
+    settings = {**DEFAULTS, **(DAEMON if local else {}), "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{log4j}", **conf}
     for key, value in settings.items():
         builder = builder.config(key, value)
     t0 = time.monotonic()
