@@ -26,6 +26,7 @@ from serving.schema import (  # noqa: F401 - ColumnSpec and TypedColumns re-expo
     TypedColumns,
     jtype,
     quoted_names,
+    short_value,
 )
 from serving.settings import DEFAULT_MAX_COLUMNS
 from serving.values import check_values, to_array, to_columns
@@ -305,7 +306,7 @@ def parse_csv(body: bytes, spec: InputSpec, build_frame: bool) -> ParsedInput:
     if not body.strip():
         raise InputError("EMPTY_INPUT", "request body is empty")
     try:
-        text = body.decode("utf-8")
+        text = body.decode("utf-8-sig")  # a UTF-8 byte order mark is not part of the first name
     except UnicodeDecodeError as exc:
         raise InputError("MALFORMED_CSV", f"CSV body is not UTF-8: {exc}") from None
     try:
@@ -343,8 +344,34 @@ def parse_csv(body: bytes, spec: InputSpec, build_frame: bool) -> ParsedInput:
             if s.required and not np.isfinite(values).all():
                 row = int((~np.isfinite(values)).argmax())
                 raise InputError("INVALID_VALUE", f"row {row}, column '{s.name}': a non-finite value")
+    _check_integer_columns(frame, spec)
     frame = frame.reindex(columns=list(spec.columns)) if list(frame.columns) != list(spec.columns) else frame
     if spec.uniform and not build_frame:
         arr = np.asfortranarray(frame.to_numpy(dtype=spec.dtype))
         return ParsedInput(arr, None, None, len(frame), "csv")
     return ParsedInput(None, frame, None, len(frame), "csv")
+
+
+_INT_LIMIT = 2**63
+
+
+def _check_integer_columns(frame: Any, spec: InputSpec) -> None:
+    """InputError naming the first CSV value of an integer column that is not a whole number in
+    range (pandas reads such a column as floats or text when the signature does not fix its type)."""
+    for s in spec.specs:
+        if s.type not in ("long", "integer") or s.name not in frame or frame[s.name].dtype.kind == "i":
+            continue
+        values = frame[s.name].to_numpy()
+        for row, v in enumerate(values):
+            if v is None or (isinstance(v, float) and v != v):
+                continue  # missing: checked above for a required column
+            if isinstance(v, str):
+                try:
+                    v = int(v.strip())
+                except ValueError:
+                    v = v.strip()
+            ok = (isinstance(v, (int, np.integer)) and -_INT_LIMIT <= v < _INT_LIMIT) or (
+                isinstance(v, (float, np.floating)) and float(v).is_integer() and abs(v) < _INT_LIMIT)
+            if not ok:
+                raise InputError("INVALID_VALUE_TYPE",
+                                 f"row {row}, column '{s.name}': expected {s.type}, got {short_value(str(v))}")

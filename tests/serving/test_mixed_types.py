@@ -166,6 +166,31 @@ def test_a_bad_value_is_a_400_naming_its_column(penguins, row, code, column):
     assert resp.status_code == 400 and body["error_code"] == code and f"'{column}'" in body["message"], body
 
 
+CSV_HEADER = ",".join(COLUMNS)
+
+
+@pytest.mark.parametrize("year", ["2008.5", "99999999999999999999999", "1e30", "9223372036854775808", "abc"])
+def test_a_csv_value_that_is_not_a_whole_number_in_an_integer_column_is_refused(penguins, year):
+    """pandas reads such a column as floats or text; scoring it would silently change the value."""
+    client, _, _ = penguins
+    body = f"{CSV_HEADER}\nBiscoe,45.1,15.2,215.0,5000.0,male,{year}\n".encode()
+    strict = client.post("/api/predict", data=body, headers={"Content-Type": "text/csv"})
+    msg = strict.get_json()
+    assert strict.status_code == 400 and msg["error_code"] == "INVALID_VALUE_TYPE", msg
+    assert msg["message"].startswith("row 0, column 'year': expected long"), msg
+    as_mlflow = client.post("/invocations", data=body, headers={"Content-Type": "text/csv"})
+    assert as_mlflow.status_code == 400 and as_mlflow.get_json()["error_code"] == "BAD_REQUEST", as_mlflow.get_json()
+
+
+def test_a_csv_byte_order_mark_is_not_part_of_the_first_column_name(penguins):
+    client, _, model = penguins
+    body = f"{CSV_HEADER}\nBiscoe,45.1,15.2,215.0,5000.0,male,2008\n".encode()
+    plain = client.post("/api/predict", data=body, headers={"Content-Type": "text/csv"})
+    bom = client.post("/api/predict", data=b"\xef\xbb\xbf" + body, headers={"Content-Type": "text/csv"})
+    assert plain.status_code == bom.status_code == 200, bom.get_json()
+    assert bom.get_json()["predictions"] == plain.get_json()["predictions"]
+
+
 def test_regression_predicts_floats_without_classes_or_probabilities(diabetes, store):
     import mlflow
 
