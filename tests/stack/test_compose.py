@@ -21,7 +21,7 @@ ENV_EXAMPLE = ROOT / ".env.example"
 SECRETS = ("POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MINIO_MLFLOW_ACCESS_KEY",
            "MINIO_MLFLOW_SECRET_KEY", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
            "SERVING_TRACKING_PASSWORD", "ADMIN_TOKEN")
-ONE_SHOT = {"create-bucket", "trainer", "backup"}
+ONE_SHOT = {"create-bucket", "trainer", "backup", "scorer"}
 S3_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_S3_ENDPOINT_URL")
 
 
@@ -68,7 +68,7 @@ def _compose(env_file: Path, *args: str) -> subprocess.CompletedProcess:
 def resolved(tmp_path_factory) -> dict:
     """The compose model as Compose itself resolves it, every profile on."""
     env_file = _filled_env_file(tmp_path_factory.mktemp("compose"))
-    proc = _compose(env_file, "--profile", "train", "--profile", "ops", "config", "--format", "json")
+    proc = _compose(env_file, "--profile", "train", "--profile", "ops", "--profile", "spark", "config", "--format", "json")
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
@@ -80,7 +80,7 @@ def raw() -> dict:
 
 def test_compose_config_is_valid_with_every_profile(tmp_path):
     env_file = _filled_env_file(tmp_path)
-    for profiles in ([], ["--profile", "train"], ["--profile", "ops"]):
+    for profiles in ([], ["--profile", "train"], ["--profile", "ops"], ["--profile", "spark"]):
         proc = _compose(env_file, *profiles, "config", "-q")
         assert proc.returncode == 0, f"{profiles}: {proc.stderr}"
 
@@ -136,7 +136,7 @@ def test_images_are_pinned(resolved):
         assert "@sha256:" in image or re.search(r"\d", tag), f"{name}: image {image!r} is not pinned to a release"
     assert re.fullmatch(r"quay\.io/minio/minio:RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ",
                         resolved["services"]["minio"]["image"])
-    for dockerfile in ("docker/mlflow.Dockerfile", "docker/app.Dockerfile"):
+    for dockerfile in ("docker/mlflow.Dockerfile", "docker/app.Dockerfile", "docker/spark.Dockerfile"):
         base = re.search(r"^FROM (\S+)", (ROOT / dockerfile).read_text(), re.M).group(1)
         assert re.search(r":\d+\.\d+\.\d+", base), f"{dockerfile}: base image {base} not pinned"
 
@@ -173,6 +173,38 @@ def test_health_checks_and_start_order(resolved):
     assert services["backup"]["profiles"] == ["ops"]
     assert any(v["target"] == "/backups" and v["source"].endswith("/backups") for v in services["backup"]["volumes"])
     assert any(v["target"] == "/var/lib/postgresql/data" for v in services["postgres"]["volumes"])
+
+
+def test_spark_profile_runs_one_pinned_spark_for_master_workers_and_driver(resolved):
+    """`--profile spark`: master, worker and the one-shot scorer run the image of docker/spark.Dockerfile,
+    whose pyspark is the spark extra's pin (Spark needs the same version and Python everywhere)."""
+    services = resolved["services"]
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["spark"]
+    pyspark = next(d for d in extra if d.startswith("pyspark=="))
+    assert re.fullmatch(r"pyspark==4\.2\.\d+", pyspark), pyspark
+    dockerfile = (ROOT / "docker" / "spark.Dockerfile").read_text()
+    assert 'pip install ".[spark]"' in dockerfile and "openjdk-17" in dockerfile
+    base = re.search(r"^FROM python:(\d+\.\d+\.\d+)", dockerfile, re.M).group(1)
+    assert base == yaml.safe_load((ROOT / "python_env.yaml").read_text())["python"]
+    spark = {name: services[name] for name in ("spark-master", "spark-worker", "scorer")}
+    for name, svc in spark.items():
+        assert svc["profiles"] == ["spark"], name
+        assert svc["image"] == f"ml-devops-app/spark:{pyspark.split('==')[1]}", name
+        assert svc["build"]["dockerfile"] == "docker/spark.Dockerfile", name
+    assert "org.apache.spark.deploy.master.Master" in spark["spark-master"]["command"]
+    worker = spark["spark-worker"]
+    assert "spark://spark-master:7077" in worker["command"]
+    assert worker["depends_on"]["spark-master"]["condition"] == "service_healthy"
+    driver = " ".join(spark["scorer"]["entrypoint"])
+    assert "mlops score --master spark://spark-master:7077" in driver and "spark.driver.host=" in driver
+    assert spark["scorer"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert spark["scorer"]["depends_on"]["spark-worker"]["condition"] == "service_healthy"
+    assert spark["scorer"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    data = {(v["source"], v["target"]) for v in worker["volumes"]}
+    assert data == {(v["source"], v["target"]) for v in spark["scorer"]["volumes"]}, "executors and driver see one /data"
+    for name in ("spark-master", "spark-worker"):
+        assert spark[name]["healthcheck"]["test"], name
+    assert "ports" not in worker, "workers scale: they publish no host port"
 
 
 def test_only_the_tracking_server_holds_s3_credentials(resolved):
