@@ -151,6 +151,7 @@ def _fast_columns(raw: Any, spec: InputSpec, params: dict | None) -> ParsedInput
     index = dict(zip(spec.columns, range(width), strict=True))
     cols: list = [None] * width
     n = -1
+    narrow: str | None = None  # the narrowest float datatype given, unless all are FP64
     for t in raw:
         if type(t) is not dict:
             return None
@@ -164,6 +165,8 @@ def _fast_columns(raw: Any, spec: InputSpec, params: dict | None) -> ParsedInput
             return None
         n = len(data)
         cols[j] = data
+        if t["datatype"] != "FP64":
+            narrow = "FP16" if t["datatype"] == "FP16" or narrow == "FP16" else "FP32"
     if n <= 0 or any(c is None for c in cols):
         return None
     try:
@@ -177,6 +180,8 @@ def _fast_columns(raw: Any, spec: InputSpec, params: dict | None) -> ParsedInput
         arr = arr.astype(np.float64).astype(spec.dtype, copy=False)
     if not np.isfinite(arr).all():
         return None
+    if narrow and float(np.abs(arr).max()) > _RANGES[narrow][1]:
+        return None  # a value FP16/FP32 cannot hold: the checked path names it
     return ParsedInput(arr, None, params, n, FMT)
 
 
@@ -217,6 +222,7 @@ def _tensors(raw: Any, spec: InputSpec | None) -> list[Tensor]:
                     and name not in seen and "parameters" not in t and datatype in _ELEMENT_TYPES):
                 types = set(map(type, data))
                 if types <= _ELEMENT_TYPES[datatype]:
+                    _check_range(f"input tensor '{short(name)}'", datatype, data, _NULL in types)
                     seen.add(name)
                     out.append(Tensor(name, datatype, shape, data, _NULL in types))
                     continue
@@ -265,6 +271,7 @@ def _tensor(i: int, t: Any, seen: set[str]) -> Tensor:
         k = next(k for k, v in enumerate(flat) if type(v) not in allowed)
         raise bad(f"{label}: datatype {datatype} needs {_ELEMENT_NAMES[datatype]} per element; element {k} "
                   f"is {_a(flat[k])} ({short(flat[k])})")
+    _check_range(label, datatype, flat, _NULL in types)
     seen.add(name)
     return Tensor(name, datatype, shape, flat, _NULL in types)
 
@@ -417,6 +424,27 @@ def _unsigned(tensors: list[Tensor], params: dict | None) -> ParsedInput:
 _NUMPY = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
           "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
           "UINT64": np.uint64, "BOOL": np.bool_}
+
+
+#: The values each sized datatype holds (FP64 and BOOL hold every JSON number or boolean).
+_RANGES: dict[str, tuple[float, float]] = {
+    **{dt: (int(np.iinfo(_NUMPY[dt]).min), int(np.iinfo(_NUMPY[dt]).max)) for dt in _INTS},
+    "FP16": (-float(np.finfo(np.float16).max), float(np.finfo(np.float16).max)),
+    "FP32": (-float(np.finfo(np.float32).max), float(np.finfo(np.float32).max)),
+}
+
+
+def _check_range(label: str, datatype: str, data: list, has_null: bool) -> None:
+    """400 naming the first element outside what ``datatype`` holds (INT8 300, FP32 1e300)."""
+    bounds = _RANGES.get(datatype)
+    if bounds is None or not data:
+        return
+    lo, hi = bounds
+    values = [v for v in data if v is not None] if has_null else data
+    if not values or (lo <= min(values) and max(values) <= hi):
+        return
+    k, v = next((k, v) for k, v in enumerate(data) if v is not None and not lo <= v <= hi)
+    raise bad(f"{label}: element {k} ({short(v)}) does not fit {datatype} ({lo:g} to {hi:g})")
 
 
 def _one_type(spec: InputSpec) -> bool:

@@ -538,6 +538,27 @@ def test_int32_bool_and_fp32_columns_become_the_signature_types():
         assert exc.value.status == 400 and f"'{name}'" in exc.value.message and needle in exc.value.message
 
 
+@pytest.mark.parametrize(("datatype", "value"), [
+    ("INT8", 300), ("INT8", -129), ("UINT8", -5), ("UINT64", -1), ("INT64", 2**70), ("INT32", 2**31),
+    ("FP16", 1e10), ("FP32", 1e300), ("FP32", -1e39),
+])
+@pytest.mark.parametrize("native", [False, True])
+def test_an_element_outside_its_datatype_is_a_400_naming_it(datatype, value, native):
+    """The element would otherwise be scored as if it were an INT64 or FP64."""
+    column = "year" if datatype.startswith(("INT", "UINT")) else "length"
+    rt = _runtime_for([("year", "double", True), ("length", "double", True)], native=native)
+    good = {"year": 7, "length": 45.1}
+    tensors = [{"name": n, "shape": [2], "datatype": datatype if n == column else "FP64",
+                "data": [good[n], value] if n == column else [good[n]] * 2} for n in ("year", "length")]
+    body = {"inputs": tensors}
+    with pytest.raises(codecs_v2.InputError) as exc:
+        codecs_v2.to_request(body, rt, json.dumps(body).encode())
+    assert exc.value.status == 400
+    assert exc.value.message.startswith(f"input tensor '{column}': element 1 ") and f"does not fit {datatype}" in exc.value.message
+    inside = [{**t, "data": [good[t["name"]]] * 2} for t in tensors]
+    assert codecs_v2.to_request({"inputs": inside}, rt).parsed.rows == 2
+
+
 def test_one_boolean_2d_tensor_on_a_native_boolean_signature():
     rt = _runtime_for([("a", "boolean", True), ("b", "boolean", True)], native=True)
     parsed = codecs_v2.to_request({"inputs": [{"name": "input-0", "shape": [2, 2], "datatype": "BOOL",
