@@ -375,3 +375,28 @@ def _check_integer_columns(frame: Any, spec: InputSpec) -> None:
             if not ok:
                 raise InputError("INVALID_VALUE_TYPE",
                                  f"row {row}, column '{s.name}': expected {s.type}, got {short_value(str(v))}")
+
+
+def check_parquet(body: bytes, spec: InputSpec | None, max_body_bytes: int) -> None:
+    """Refuse a Parquet body whose footer promises more than a JSON body of ``max_body_bytes``
+    could carry (compressed columns can decode to millions of rows), or more columns than the cap.
+
+    A body that is not Parquet passes: MLflow's own parser answers it.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        meta = pq.ParquetFile(pa.BufferReader(body)).metadata
+    except Exception:  # noqa: BLE001 - not Parquet: MLflow's parser explains
+        return
+    rows, cols = int(meta.num_rows), int(meta.num_columns)
+    if spec is not None:
+        _check_width(cols, spec, "the Parquet body")
+    elif cols > _limits["max_columns"]:
+        raise InputError("TOO_MANY_COLUMNS", f"the Parquet body has {cols} columns; at most "
+                                             f"{_limits['max_columns']} are accepted (MAX_COLUMNS)")
+    cells = max_body_bytes // 2  # the most values a JSON body of MAX_BODY_BYTES holds ("1,")
+    if rows * max(cols, 1) > cells:
+        raise InputError("PAYLOAD_TOO_LARGE", f"the Parquet body decodes to {rows} rows x {cols} columns; at most "
+                                              f"{cells} values are accepted (MAX_BODY_BYTES / 2)", 413)

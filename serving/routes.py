@@ -102,6 +102,7 @@ class Routes:
         if kind == "parquet":
             if endpoint != "/invocations":
                 raise InputError("UNSUPPORTED_MEDIA_TYPE", "Parquet bodies are accepted on /invocations", 415)
+            inputs.check_parquet(body, runtime.spec, self.settings.max_body_bytes)
             return self.answer_as_mlflow(endpoint, runtime, body, content_type, None)
         if as_mlflow and not runtime.fast:
             return self.answer_as_mlflow(endpoint, runtime, body, content_type, None)

@@ -191,6 +191,31 @@ def test_a_csv_byte_order_mark_is_not_part_of_the_first_column_name(penguins):
     assert bom.get_json()["predictions"] == plain.get_json()["predictions"]
 
 
+def _parquet(frame) -> bytes:
+    buf = io.BytesIO()
+    frame.to_parquet(buf, compression="zstd")
+    return buf.getvalue()
+
+
+def test_a_parquet_body_that_decodes_beyond_the_limits_is_refused_before_decoding(penguins):
+    """A few hundred KB of compressed Parquet can hold millions of rows: checked from its footer."""
+    client, _, _ = penguins
+    n = 800_000  # 5.6M values: more than a 10 MiB JSON body holds
+    bomb = pd.DataFrame({"island": ["Biscoe"] * n, "bill_length_mm": np.full(n, 45.1), "bill_depth_mm": np.full(n, 15.2),
+                         "flipper_length_mm": np.full(n, 215.0), "body_mass_g": np.full(n, 5000.0),
+                         "sex": ["male"] * n, "year": np.full(n, 2008)})
+    body = _parquet(bomb)
+    assert len(body) < 1024 * 1024
+    r = client.post("/invocations", data=body, headers={"Content-Type": "application/vnd.apache.parquet"})
+    assert r.status_code == 413 and r.get_json()["error_code"] == "PAYLOAD_TOO_LARGE", r.get_json()
+    assert f"{n} rows x 7 columns" in r.get_json()["message"]
+    wide = pd.DataFrame({**{f"c{i}": [1] for i in range(5000)}, **{c: bomb[c].head(1) for c in COLUMNS}})
+    r = client.post("/invocations", data=_parquet(wide), headers={"Content-Type": "application/vnd.apache.parquet"})
+    assert r.status_code == 400 and r.get_json()["error_code"] == "TOO_MANY_COLUMNS", r.get_json()
+    ok = client.post("/invocations", data=_parquet(bomb.head(3)), headers={"Content-Type": "application/vnd.apache.parquet"})
+    assert ok.status_code == 200 and len(ok.get_json()["predictions"]) == 3, ok.get_json()
+
+
 def test_regression_predicts_floats_without_classes_or_probabilities(diabetes, store):
     import mlflow
 
