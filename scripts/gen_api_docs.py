@@ -45,7 +45,8 @@ By default `POST /invocations`, `GET /ping` and `GET /version` answer as `mlflow
 `INVALID_PARAMETER_VALUE`) and the same predictions. Extra columns are ignored, an extra top-level key
 next to the format key is dropped, numeric strings such as `"17.99"` are converted, Parquet bodies
 (`application/vnd.apache.parquet`) are scored, a `dataframe_split` whose `index` length differs from
-`data` is refused, CSV is read exactly as MLflow reads it (UTF-8 BOM, a row with one value more than
+`data` is refused unless pandas can broadcast the rows over it (MLflow then scores one row per index
+entry, and so does this service; `/api/predict` always refuses it), CSV is read exactly as MLflow reads it (UTF-8 BOM, a row with one value more than
 the header, `True` in a double column). Clean requests take the fast paths; anything else is answered
 by MLflow's own scoring function on the loaded model. Where this service explains a refusal better,
 the status and `error_code` stay MLflow's, the clearer explanation is in `message` and MLflow's own
@@ -69,6 +70,7 @@ own endpoint) always validates that way.
 | an optional column of the signature left out is a missing value, as a `null` is (MLflow passes the frame without it and the pipeline fails: 400 `BAD_REQUEST`) | the signature says the column is optional | `issue14_optional_column_left_out` |
 | more columns than `MAX_COLUMNS` (default 2048) are 400 `TOO_MANY_COLUMNS` (MLflow ignores any number of extra columns) | a huge header must not cost the service its time | `issue14_too_many_columns` |
 | bodies above `MAX_BODY_BYTES` are 413 `PAYLOAD_TOO_LARGE` (MLflow has no limit) | memory and time per request stay bounded | `tests/serving/test_service.py` |
+| a Parquet body whose footer promises more values than a JSON body of `MAX_BODY_BYTES` holds (`MAX_BODY_BYTES / 2`) is 413 `PAYLOAD_TOO_LARGE`, more columns than `MAX_COLUMNS` 400 `TOO_MANY_COLUMNS`; both checked before it is decoded | compressed columns decode to millions of rows: a 150 KB body had held 5M rows (2 GB in the worker) | `tests/serving/test_mixed_types.py` |
 | where MLflow answers 5xx to input it cannot use, 400 `BAD_REQUEST` | bad input is never a server error | - |
 | `GET /ping` is 503 (with a JSON reason) until a model is loaded; MLflow's server does not listen before its model is loaded | a load balancer can start the service before the registry answers | - |
 """
