@@ -16,9 +16,11 @@ than a read). Closing a connection never waits on the client either (see ``Deadl
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 
+from gunicorn import util as gunicorn_util
 from gunicorn.http.unreader import SocketUnreader
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
@@ -109,6 +111,12 @@ class ServingWorker(ThreadWorker):
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     _busy: int = 0
 
+    def init_process(self) -> None:
+        """In the worker, after the fork: gunicorn's own refusals (a request line or headers it
+        cannot parse) answer JSON like every other error of the service, not an HTML page."""
+        gunicorn_util.write_error = write_json_error
+        super().init_process()
+
     def enqueue_req(self, conn: TConn) -> None:
         """Submit the connection to a thread, as a DeadlineConn."""
         if type(conn) is TConn:
@@ -155,3 +163,17 @@ def abandon_body(environ: dict) -> None:
     unreader = _unreader(environ)
     if unreader is not None:
         unreader.abandoned = True
+
+
+#: error codes of the refusals gunicorn makes before the app sees a request
+GUNICORN_CODES = {400: "BAD_REQUEST", 403: "FORBIDDEN", 417: "EXPECTATION_FAILED", 431: "HEADERS_TOO_LARGE",
+                  500: "INTERNAL_ERROR", 501: "NOT_IMPLEMENTED"}
+
+
+def write_json_error(sock: socket.socket, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's ``util.write_error`` with the service's JSON body ``{"error_code", "message"}``."""
+    message = (mesg or reason).strip()[:500] or reason
+    body = json.dumps({"error_code": GUNICORN_CODES.get(status_int, "BAD_REQUEST"), "message": message}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin1")
+    gunicorn_util.write_nonblock(sock, head + body)

@@ -198,6 +198,30 @@ def test_a_malformed_chunked_body_is_a_400(served, name):
     assert "chunk" in payload["message"].lower() and "Traceback" not in raw.decode(errors="replace")
 
 
+MALFORMED_HEADS = {
+    "request line too long": (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", 400, "BAD_REQUEST"),
+    "header too long": (b"GET /ping HTTP/1.1\r\nHost: x\r\nX-A: " + b"a" * 9000 + b"\r\n\r\n", 431, "HEADERS_TOO_LARGE"),
+    "too many headers": (b"GET /ping HTTP/1.1\r\n" + b"".join(b"X-%d: a\r\n" % i for i in range(200)) + b"\r\n",
+                         431, "HEADERS_TOO_LARGE"),
+    "invalid method": (b"P@ST /invocations HTTP/1.1\r\nHost: x\r\n\r\n", 400, "BAD_REQUEST"),
+    "invalid version": (b"GET /ping HTTP/9.9\r\nHost: x\r\n\r\n", 400, "BAD_REQUEST"),
+    "negative length": (b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n{}", 400, "BAD_REQUEST"),
+    "header name with a space": (b"GET /ping HTTP/1.1\r\nHost: x\r\nBad Name: a\r\n\r\n", 400, "BAD_REQUEST"),
+}
+
+
+@pytest.mark.parametrize("name", list(MALFORMED_HEADS))
+def test_a_request_gunicorn_cannot_parse_is_answered_in_json(served, name):
+    """Refused before the app sees it, still as {"error_code", "message"} (was an HTML page)."""
+    data, want_status, want_code = MALFORMED_HEADS[name]
+    raw = exchange(served.port, data)
+    head = raw.partition(b"\r\n\r\n")[0]
+    assert b"content-type: application/json" in head.lower(), raw[:300]
+    status, payload = status_and_json(raw)
+    assert (status, payload["error_code"]) == (want_status, want_code), (name, status, payload)
+    assert payload["message"] and "<html" not in raw.decode(errors="replace")
+
+
 def test_a_client_that_leaves_mid_body_is_a_quiet_debug_line(served):
     heads = {
         "content-length": b"Content-Length: 5000\r\n\r\n{\"dataframe_split\": ",
