@@ -40,6 +40,9 @@ def register(app: Flask, max_body_bytes: int) -> None:
             message = f"request body is larger than the limit (MAX_BODY_BYTES = {max_body_bytes})"
         elif status == 405:
             message = f"{request.method} is not allowed on {request.path}"
+            methods = getattr(exc, "valid_methods", None)
+            if methods:
+                return error_response(code, message, status, {"Allow": ", ".join(methods)})
         elif status == 404:
             message = f"no endpoint {request.path} (see /openapi.json)"
         return error_response(code, message, status)

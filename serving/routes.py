@@ -250,5 +250,6 @@ def blueprint(routes: Routes) -> Blueprint:
         ("GET", "/", routes.index),
     ]
     for method, rule, view in table:
-        bp.add_url_rule(rule, view.__name__, view, methods=[method])
+        # no automatic OPTIONS answer (an empty HTML 200): OPTIONS is a 405 naming the method allowed
+        bp.add_url_rule(rule, view.__name__, view, methods=[method], provide_automatic_options=False)
     return bp

@@ -117,3 +117,13 @@ def test_mlops_serve_refuses_a_bad_option_in_one_line(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 1
     assert p.stderr.strip() == "error: PORT must be between 1 and 65535, got 70000"
+
+
+def test_a_method_not_allowed_names_the_allowed_ones(app):
+    client = app.test_client()
+    for method in ("PUT", "OPTIONS"):
+        r = client.open("/invocations", method=method)
+        assert r.status_code == 405 and r.is_json and r.json["error_code"] == "METHOD_NOT_ALLOWED", (method, r.data)
+        assert r.headers["Allow"] == "POST"
+    r = client.open("/health", method="DELETE")
+    assert r.status_code == 405 and set(r.headers["Allow"].split(", ")) == {"GET", "HEAD"}
