@@ -84,3 +84,21 @@ def test_unsupported_extension(tmp_path, frame):
     path.write_text("x")
     with pytest.raises(DataError, match="unsupported data file type"):
         load_dataset(str(path), "label")
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize(
+    "bad, kinds",
+    [([np.inf] * 6, "inf"), ([np.inf] * 4 + [-np.inf] * 2, "inf, -inf"), ([-np.inf], "-inf")],
+)
+def test_a_non_finite_target_is_refused_with_its_count(tmp_path, suffix, bad, kinds):
+    rng = np.random.default_rng(1)
+    df = pd.DataFrame({"x1": rng.normal(size=300), "x2": rng.choice(["a", "b"], 300), "y": rng.normal(size=300)})
+    df.loc[[5 + 40 * i for i in range(len(bad))], "y"] = bad
+    df.loc[[7], "y"] = np.nan  # missing targets are still dropped, not counted as non-finite
+    path = tmp_path / f"inf{suffix}"
+    df.to_csv(path, index=False) if suffix == ".csv" else df.to_parquet(path)
+    with pytest.raises(DataError) as err:
+        load_dataset(str(path), "y")
+    values = "value" if len(bad) == 1 else "values"
+    assert str(err.value) == f"target column 'y' has {len(bad)} non-finite {values} ({kinds})"

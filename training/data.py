@@ -87,7 +87,8 @@ def shown(value) -> str:
 
 
 def validate(ds: Dataset) -> None:
-    """Raise DataError for data that cannot train a model; drop rows whose target is missing.
+    """Raise DataError for data that cannot train a model (a non-finite target value among them);
+    drop rows whose target is missing.
 
     Feature columns are not checked here: text, booleans and missing values are handled by the
     preprocessing inside the pipeline (training.preprocess), which also drops useless columns.
@@ -106,6 +107,7 @@ def validate(ds: Dataset) -> None:
     missing = frame[ds.target].isna()
     if missing.all():
         raise DataError(f"target column '{ds.target}' has no values (all {len(frame)} missing)")
+    check_finite(frame[ds.target].loc[~missing])  # refused before any warning: one error line
     if missing.any():
         ds.dropped_rows = int(missing.sum())
         log.warning("dropped %d of %d rows whose target '%s' is missing", ds.dropped_rows, len(frame), ds.target)
@@ -120,6 +122,20 @@ def validate(ds: Dataset) -> None:
         )
     if len(frame) < 10:
         raise DataError(f"data has only {len(frame)} rows with a target; at least 10 are needed")
+
+
+def check_finite(y: pd.Series) -> None:
+    """DataError naming how many ``inf``/``-inf`` values a numeric target (without its missing
+    values) holds: no model fits them, and scikit-learn's refusal is a traceback."""
+    if not pd.api.types.is_float_dtype(y):
+        return
+    values = y.to_numpy(dtype=float)
+    pos, neg = int(np.isposinf(values).sum()), int(np.isneginf(values).sum())
+    if pos or neg:
+        kinds = ", ".join(k for k, n in (("inf", pos), ("-inf", neg)) if n)
+        count = pos + neg
+        raise DataError(f"target column '{y.name}' has {count} non-finite value{'s' if count != 1 else ''} "
+                        f"({kinds})")
 
 
 # --------------------------------------------------------------------------- the run's dataset input

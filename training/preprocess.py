@@ -43,7 +43,8 @@ def detect_task(y: pd.Series, override: str | None = None) -> tuple[str, str]:
     numeric = pd.api.types.is_numeric_dtype(y) and not pd.api.types.is_bool_dtype(y)
     if not numeric and not pd.api.types.is_bool_dtype(y) and _all_bools(y):
         numeric = False
-    whole = numeric and bool(np.all(np.mod(y.to_numpy(dtype=float), 1) == 0))
+    with np.errstate(invalid="ignore"):  # inf % 1 is NaN (not whole), without a RuntimeWarning
+        whole = numeric and bool(np.all(np.mod(y.to_numpy(dtype=float), 1) == 0))
     if override:
         if override not in TASKS:
             raise DataError(f"unknown task '{override}': use classification or regression")

@@ -28,3 +28,37 @@ def test_bad_option_is_one_error_line_exit_2(tmp_path, args, message):
     assert lines[0].startswith("error: ") and message in lines[0]
     assert lines[0].endswith("(see python -m training.train --help)")
     assert not (tmp_path / "mlflow.db").exists()  # nothing was opened, let alone registered
+
+
+PENGUINS = ROOT / "training" / "datasets" / "penguins.csv"
+
+
+def _inf_target(path):
+    """300 rows, float target y with 6 inf/-inf values (and one missing), features x1 float, x2 text."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x1": rng.normal(size=300), "x2": rng.choice(["a", "b"], 300), "y": rng.normal(size=300)})
+    df.loc[[3, 50, 100, 150], "y"] = np.inf
+    df.loc[[10, 200], "y"] = -np.inf
+    df.loc[[20], "y"] = np.nan
+    df.to_csv(path, index=False)
+    return "y"
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (_inf_target, "error: target column 'y' has 6 non-finite values (inf, -inf)"),
+    ],
+)
+def test_bad_data_file_is_one_error_line_exit_2(tmp_path, make, message):
+    data = tmp_path / "data.csv"
+    target = make(data)
+    env = clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proc = run([sys.executable, "-m", "training.train", "--data", str(data), "--target", target],
+               env=env, cwd=ROOT, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [message]  # no traceback, no Python warning
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the store is opened

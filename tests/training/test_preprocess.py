@@ -200,3 +200,11 @@ def test_regression_and_multiclass_metrics():
     pred = np.array(["a", "b", "c", "a"])
     c = evaluate(Fixed(pred), None, pd.Series(["a", "b", "c", "c"]))
     assert c["accuracy"] == 0.75 and c["recall"] == pytest.approx((1 + 1 + 0.5) / 3)  # macro
+
+
+def test_detecting_the_task_of_a_non_finite_target_warns_nothing():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert detect_task(pd.Series([1.5, np.inf, -np.inf, 2.0] * 10, name="y"))[0] == REGRESSION
