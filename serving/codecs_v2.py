@@ -12,22 +12,30 @@ pyfunc paths. Every mistake is an :class:`~serving.errors.InputError` (400) nami
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
 
-from serving.errors import InputError
-from serving.inputs import max_columns
-from serving.schema import ColumnSpec, InputSpec, ParsedInput, jtype, quoted_names
+from serving.schema import ColumnSpec, InputSpec, ParsedInput, quoted_names
+from serving.v2_tensors import (  # noqa: F401 - bad, short, DATATYPES re-exported (serving.v2, openapi)
+    DATATYPES,
+    FLOATS,
+    INTS,
+    NUMPY,
+    RANGES,
+    Tensor,
+    a_type,
+    bad,
+    check_tensors,
+    short,
+)
 from serving.values import check_values, to_columns
 
 if TYPE_CHECKING:
-    from serving.runtime import ModelRuntime, Prediction
+    from serving.runtime import ModelRuntime
 
 #: The name of the single 2-D tensor form (KServe's and MLServer's default input name).
 MATRIX_INPUT = "input-0"
@@ -35,38 +43,14 @@ PREDICTIONS = "predictions"
 PROBABILITIES = "probabilities"
 FMT = "v2"
 
-_FLOATS = ("FP16", "FP32", "FP64")
-_INTS = ("INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64")
-DATATYPES = (*_FLOATS, *_INTS, "BOOL", "BYTES")
-_NULL = type(None)
-#: JSON element types each datatype accepts (null is a missing value, judged by the signature).
-_ELEMENT_TYPES: dict[str, frozenset] = {
-    **{d: frozenset((float, int, _NULL)) for d in _FLOATS},
-    **{d: frozenset((int, _NULL)) for d in _INTS},
-    "BOOL": frozenset((bool, _NULL)),
-    "BYTES": frozenset((str, _NULL)),
-}
-_ELEMENT_NAMES = {**dict.fromkeys(_FLOATS, "a number"), **dict.fromkeys(_INTS, "an integer"),
-                  "BOOL": "a boolean", "BYTES": "a string"}
 #: Datatypes a column of each signature type takes (integers widen losslessly into doubles).
 COLUMN_DATATYPES: dict[str, tuple[str, ...]] = {
-    "double": (*_FLOATS, *_INTS), "float": (*_FLOATS, *_INTS), "long": _INTS, "integer": _INTS,
+    "double": (*FLOATS, *INTS), "float": (*FLOATS, *INTS), "long": INTS, "integer": INTS,
     "boolean": ("BOOL",), "string": ("BYTES",), "binary": ("BYTES",), "datetime": ("BYTES",),
 }
 #: The datatype model metadata advertises for each signature type.
 METADATA_DATATYPE = {"double": "FP64", "float": "FP32", "long": "INT64", "integer": "INT32",
                      "boolean": "BOOL", "string": "BYTES", "binary": "BYTES", "datetime": "BYTES"}
-
-
-@dataclass
-class Tensor:
-    """One checked request input: its elements flattened in row-major order."""
-
-    name: str
-    datatype: str
-    shape: list[int]
-    data: list
-    has_null: bool
 
 
 @dataclass
@@ -76,11 +60,6 @@ class V2Request:
     parsed: ParsedInput
     outputs: tuple[str, ...]
     request_id: str | None
-
-
-def bad(message: str, status: int = 400) -> InputError:
-    """The V2 client error (rendered as ``{"error": message}``)."""
-    return InputError("BAD_REQUEST", message, status)
 
 
 def decode(body: bytes) -> dict:
@@ -95,7 +74,7 @@ def decode(body: bytes) -> dict:
         except (ValueError, UnicodeDecodeError, RecursionError):
             raise bad(f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
-        raise bad(f"expected an inference request object with 'inputs', got {_a(payload)}")
+        raise bad(f"expected an inference request object with 'inputs', got {a_type(payload)}")
     return payload
 
 
@@ -118,10 +97,10 @@ def to_request(payload: dict, runtime: ModelRuntime, body: bytes | None = None) 
     """
     request_id = payload.get("id")
     if request_id is not None and not isinstance(request_id, str):
-        raise bad(f"'id' must be a string, got {_a(request_id)}")
+        raise bad(f"'id' must be a string, got {a_type(request_id)}")
     parameters = payload.get("parameters")
     if parameters is not None and not isinstance(parameters, dict):
-        raise bad(f"'parameters' must be an object, got {_a(parameters)}")
+        raise bad(f"'parameters' must be an object, got {a_type(parameters)}")
     outputs = _requested_outputs(payload.get("outputs"), runtime)
     if "inputs" not in payload:
         raise bad("the inference request has no 'inputs' (a list of tensors)")
@@ -132,7 +111,7 @@ def to_request(payload: dict, runtime: ModelRuntime, body: bytes | None = None) 
         parsed = _fast_columns(payload["inputs"], spec, params)
         if parsed is not None:
             return V2Request(parsed, outputs, request_id)
-    tensors = _tensors(payload["inputs"], spec)
+    tensors = check_tensors(payload["inputs"], spec)
     if spec is None:
         parsed = _unsigned(tensors, params)
     elif len(tensors) == 1 and tensors[0].name == MATRIX_INPUT and MATRIX_INPUT not in spec.columns:
@@ -157,7 +136,7 @@ def _fast_columns(raw: Any, spec: InputSpec, params: dict | None) -> ParsedInput
             return None
         name, shape, data = t.get("name"), t.get("shape"), t.get("data")
         if (type(name) is not str or type(data) is not list or type(shape) is not list or len(shape) != 1
-                or type(shape[0]) is not int or shape[0] != len(data) or t.get("datatype") not in _FLOATS
+                or type(shape[0]) is not int or shape[0] != len(data) or t.get("datatype") not in FLOATS
                 or "parameters" in t):
             return None
         j = index.get(name)
@@ -180,7 +159,7 @@ def _fast_columns(raw: Any, spec: InputSpec, params: dict | None) -> ParsedInput
         arr = arr.astype(np.float64).astype(spec.dtype, copy=False)
     if not np.isfinite(arr).all():
         return None
-    if narrow and float(np.abs(arr).max()) > _RANGES[narrow][1]:
+    if narrow and float(np.abs(arr).max()) > RANGES[narrow][1]:
         return None  # a value FP16/FP32 cannot hold: the checked path names it
     return ParsedInput(arr, None, params, n, FMT)
 
@@ -190,7 +169,7 @@ def _requested_outputs(raw: Any, runtime: ModelRuntime) -> tuple[str, ...]:
     if raw is None or raw == []:
         return available
     if not isinstance(raw, list):
-        raise bad(f"'outputs' must be a list of {{\"name\": ...}} objects, got {_a(raw)}")
+        raise bad(f"'outputs' must be a list of {{\"name\": ...}} objects, got {a_type(raw)}")
     wanted: list[str] = []
     for i, out in enumerate(raw):
         if not isinstance(out, dict) or not isinstance(out.get("name"), str):
@@ -202,89 +181,6 @@ def _requested_outputs(raw: Any, runtime: ModelRuntime) -> tuple[str, ...]:
         if out["name"] not in wanted:
             wanted.append(out["name"])
     return tuple(n for n in available if n in wanted)
-
-
-def _tensors(raw: Any, spec: InputSpec | None) -> list[Tensor]:
-    if not isinstance(raw, list):
-        raise bad(f"'inputs' must be a list of tensors, got {_a(raw)}")
-    if not raw:
-        raise bad("'inputs' is empty: send one tensor per signature column (or one 2-D tensor)")
-    if spec is not None and len(raw) > max_columns(spec):
-        raise bad(f"the request has {len(raw)} input tensors; at most {max_columns(spec)} are accepted "
-                  f"(MAX_COLUMNS; the model signature has {len(spec.columns)} columns)")
-    out: list[Tensor] = []
-    seen: set[str] = set()
-    for i, t in enumerate(raw):
-        if type(t) is dict:  # the common case, checked with as little work as possible
-            name, datatype, shape, data = t.get("name"), t.get("datatype"), t.get("shape"), t.get("data")
-            if (type(name) is str and type(datatype) is str and type(shape) is list and type(data) is list
-                    and len(shape) == 1 and type(shape[0]) is int and shape[0] == len(data)
-                    and name not in seen and "parameters" not in t and datatype in _ELEMENT_TYPES):
-                types = set(map(type, data))
-                if types <= _ELEMENT_TYPES[datatype]:
-                    _check_range(f"input tensor '{short(name)}'", datatype, data, _NULL in types)
-                    seen.add(name)
-                    out.append(Tensor(name, datatype, shape, data, _NULL in types))
-                    continue
-        out.append(_tensor(i, t, seen))
-    return out
-
-
-def _tensor(i: int, t: Any, seen: set[str]) -> Tensor:
-    """One tensor, every field checked in turn: 400 naming the tensor at the first mistake."""
-    if type(t) is not dict:
-        raise bad(f"inputs[{i}] must be a tensor object, got {_a(t)}")
-    name = t.get("name")
-    if type(name) is not str:
-        raise bad(f"inputs[{i}]: 'name' must be a string, got {_a(name)}")
-    label = f"input tensor '{short(name)}'"
-    if name in seen:
-        raise bad(f"{label} is given twice")
-    datatype = t.get("datatype")
-    if type(datatype) is not str:
-        raise bad(f"{label}: 'datatype' must be a string, got {_a(datatype)}")
-    if datatype not in _ELEMENT_TYPES:
-        raise bad(f"{label}: unknown or unsupported datatype '{short(datatype)}' (one of {', '.join(DATATYPES)})")
-    shape = t.get("shape")
-    if type(shape) is not list or not shape or not all(type(d) is int and d >= 0 for d in shape):
-        raise bad(f"{label}: 'shape' must be a non-empty list of non-negative integers, got {short(shape)}")
-    params = t.get("parameters")
-    if params is not None and type(params) is not dict:
-        raise bad(f"{label}: 'parameters' must be an object, got {_a(params)}")
-    if params and "binary_data_size" in params:
-        raise bad(f"{label}: binary tensor data is not supported; send the elements in 'data' "
-                  "(tritonclient: binary_data=False)")
-    if "data" not in t:
-        raise bad(f"{label}: 'data' is missing")
-    data = t["data"]
-    if type(data) is not list:
-        raise bad(f"{label}: 'data' must be a list, got {_a(data)}")
-    flat = _flatten(data, len(shape), label)
-    count = math.prod(shape)
-    if len(flat) != count:
-        raise bad(f"{label}: shape {shape} holds {count} element(s) but 'data' has {len(flat)}")
-    types = set(map(type, flat))
-    if list in types:
-        raise bad(f"{label}: 'data' is nested deeper than its shape {shape}")
-    allowed = _ELEMENT_TYPES[datatype]
-    if not types <= allowed:
-        k = next(k for k, v in enumerate(flat) if type(v) not in allowed)
-        raise bad(f"{label}: datatype {datatype} needs {_ELEMENT_NAMES[datatype]} per element; element {k} "
-                  f"is {_a(flat[k])} ({short(flat[k])})")
-    _check_range(label, datatype, flat, _NULL in types)
-    seen.add(name)
-    return Tensor(name, datatype, shape, flat, _NULL in types)
-
-
-def _flatten(data: list, ndim: int, label: str) -> list:
-    """Row-major elements of ``data`` given flat or nested as the shape (``ndim`` dimensions)."""
-    for _ in range(ndim - 1):
-        if not data or type(data[0]) is not list:
-            break
-        if not all(type(d) is list for d in data):
-            raise bad(f"{label}: nested 'data' must be lists at every level of the shape")
-        data = list(chain.from_iterable(data))
-    return data
 
 
 def _params(parameters: dict | None, runtime: ModelRuntime) -> dict | None:
@@ -318,7 +214,7 @@ def _from_columns(tensors: list[Tensor], spec: InputSpec, params: dict | None, n
     for t in tensors:
         j = index.get(t.name)
         if j is None:
-            hint = f" (or one 2-D tensor '{MATRIX_INPUT}')" if _one_type(spec) else ""
+            hint = f" (or one 2-D tensor '{MATRIX_INPUT}')" if one_type(spec) else ""
             raise bad(f"unknown input tensor '{short(t.name)}': the model takes one tensor per signature column, "
                       f"named {quoted_names(spec.columns)}{hint}")
         if len(t.shape) > 2 or (len(t.shape) == 2 and t.shape[1] != 1):
@@ -356,7 +252,7 @@ def _from_columns(tensors: list[Tensor], spec: InputSpec, params: dict | None, n
 def _from_matrix(t: Tensor, spec: InputSpec, params: dict | None, native: bool) -> ParsedInput:
     width = len(spec.columns)
     label = f"input tensor '{MATRIX_INPUT}'"
-    if not _one_type(spec):
+    if not one_type(spec):
         raise bad(f"{label}: one 2-D tensor needs every column to have the same type, but the model signature mixes "
                   f"{', '.join(sorted({s.type for s in spec.specs}))}; send one tensor per column")
     if len(t.shape) != 2 or t.shape[1] != width:
@@ -396,7 +292,7 @@ def _unsigned(tensors: list[Tensor], params: dict | None) -> ParsedInput:
     import pandas as pd
 
     def array(t: Tensor) -> np.ndarray:
-        dtype = object if t.datatype == "BYTES" or t.has_null else _NUMPY.get(t.datatype)
+        dtype = object if t.datatype == "BYTES" or t.has_null else NUMPY.get(t.datatype)
         try:
             return np.array(t.data, dtype=dtype).reshape(t.shape)
         except (OverflowError, ValueError, TypeError) as exc:
@@ -421,33 +317,7 @@ def _unsigned(tensors: list[Tensor], params: dict | None) -> ParsedInput:
     return ParsedInput(None, pd.DataFrame(columns), params, n, FMT)
 
 
-_NUMPY = {"FP16": np.float16, "FP32": np.float32, "FP64": np.float64, "INT8": np.int8, "INT16": np.int16,
-          "INT32": np.int32, "INT64": np.int64, "UINT8": np.uint8, "UINT16": np.uint16, "UINT32": np.uint32,
-          "UINT64": np.uint64, "BOOL": np.bool_}
-
-
-#: The values each sized datatype holds (FP64 and BOOL hold every JSON number or boolean).
-_RANGES: dict[str, tuple[float, float]] = {
-    **{dt: (int(np.iinfo(_NUMPY[dt]).min), int(np.iinfo(_NUMPY[dt]).max)) for dt in _INTS},
-    "FP16": (-float(np.finfo(np.float16).max), float(np.finfo(np.float16).max)),
-    "FP32": (-float(np.finfo(np.float32).max), float(np.finfo(np.float32).max)),
-}
-
-
-def _check_range(label: str, datatype: str, data: list, has_null: bool) -> None:
-    """400 naming the first element outside what ``datatype`` holds (INT8 300, FP32 1e300)."""
-    bounds = _RANGES.get(datatype)
-    if bounds is None or not data:
-        return
-    lo, hi = bounds
-    values = [v for v in data if v is not None] if has_null else data
-    if not values or (lo <= min(values) and max(values) <= hi):
-        return
-    k, v = next((k, v) for k, v in enumerate(data) if v is not None and not lo <= v <= hi)
-    raise bad(f"{label}: element {k} ({short(v)}) does not fit {datatype} ({lo:g} to {hi:g})")
-
-
-def _one_type(spec: InputSpec) -> bool:
+def one_type(spec: InputSpec) -> bool:
     return len({s.type for s in spec.specs}) == 1
 
 
@@ -477,107 +347,3 @@ def _check_finite(arr: np.ndarray, spec: InputSpec, where: Callable[[int, int], 
 # ------------------------------------------------------------------------------------------------
 # Answers
 # ------------------------------------------------------------------------------------------------
-
-def datatype_of(dtype: np.dtype) -> str:
-    """The V2 datatype of a numpy dtype (strings and objects are BYTES)."""
-    kind = dtype.kind
-    if kind == "b":
-        return "BOOL"
-    if kind in "iu" and dtype.itemsize in (1, 2, 4, 8):
-        return f"{'U' if kind == 'u' else ''}INT{dtype.itemsize * 8}"
-    if kind == "f" and dtype.itemsize in (2, 4, 8):
-        return f"FP{dtype.itemsize * 8}"
-    return "BYTES"
-
-
-def output_tensor(name: str, values: Any) -> dict:
-    """A response output: shape, datatype and row-major data of ``values``."""
-    arr = values if isinstance(values, np.ndarray) else np.asarray(values)
-    datatype = datatype_of(arr.dtype)
-    if datatype == "BYTES":
-        data: Any = [v if v is None or isinstance(v, str) else str(v) for v in arr.ravel().tolist()]
-    else:
-        data = np.ascontiguousarray(arr).ravel()
-    return {"name": name, "datatype": datatype, "shape": list(arr.shape), "data": data}
-
-
-def response(runtime: ModelRuntime, req: V2Request, result: Prediction) -> dict:
-    """The inference response for ``result`` (outputs in the order the model produces them)."""
-    outputs = []
-    if PREDICTIONS in req.outputs:
-        outputs.append(output_tensor(PREDICTIONS, result.labels))
-    if PROBABILITIES in req.outputs:
-        if result.proba is None:
-            raise bad(f"output '{PROBABILITIES}' is not available for this input")
-        out = output_tensor(PROBABILITIES, np.asarray(result.proba, dtype=np.float64))
-        out["parameters"] = {"classes": orjson.dumps(result.classes).decode()}
-        outputs.append(out)
-    payload: dict[str, Any] = {"model_name": runtime.name, "model_version": runtime.version}
-    if req.request_id is not None:
-        payload["id"] = req.request_id
-    payload["outputs"] = outputs
-    return payload
-
-
-def metadata(runtime: ModelRuntime) -> dict:
-    """Model metadata: one input tensor per signature column, the outputs with their datatypes."""
-    spec = runtime.spec
-    if spec is not None:
-        inputs = [{"name": s.name, "datatype": METADATA_DATATYPE.get(s.type, "BYTES"), "shape": [-1]} for s in spec.specs]
-    else:
-        inputs = _tensor_inputs(runtime.loaded.signature)
-    outputs = [{"name": PREDICTIONS, "datatype": _label_datatype(runtime), "shape": [-1]}]
-    if has_proba(runtime):
-        outputs.append({"name": PROBABILITIES, "datatype": "FP64", "shape": [-1, len(runtime.classes)],
-                        "parameters": {"classes": orjson.dumps(runtime.classes).decode()}})
-    flavor = "sklearn" if runtime.loaded.sklearn_model is not None else "pyfunc"
-    doc: dict[str, Any] = {"name": runtime.name, "versions": [runtime.version], "platform": f"mlflow_{flavor}",
-                           "inputs": inputs, "outputs": outputs}
-    if spec is not None and _one_type(spec):
-        doc["parameters"] = {"matrix_input": orjson.dumps({
-            "name": MATRIX_INPUT, "datatype": METADATA_DATATYPE.get(spec.specs[0].type, "BYTES"),
-            "shape": [-1, len(spec.columns)]}).decode()}
-    return doc
-
-
-def _tensor_inputs(signature: Any) -> list[dict]:
-    schema = getattr(signature, "inputs", None)
-    if schema is None:
-        return []
-    out = []
-    for i, s in enumerate(schema.inputs):
-        name = getattr(s, "name", None) or (MATRIX_INPUT if i == 0 else f"input-{i}")
-        if hasattr(s, "shape"):  # a TensorSpec
-            out.append({"name": name, "datatype": datatype_of(np.dtype(s.type)), "shape": list(s.shape)})
-        else:
-            out.append({"name": name, "datatype": METADATA_DATATYPE.get(getattr(s.type, "name", ""), "BYTES"),
-                        "shape": [-1]})
-    return out
-
-
-def _label_datatype(runtime: ModelRuntime) -> str:
-    """The datatype of the predictions, from the signature's outputs (else the classes)."""
-    outputs = getattr(runtime.loaded.signature, "outputs", None)
-    if outputs is not None and outputs.inputs:
-        first = outputs.inputs[0]
-        if hasattr(first, "shape"):
-            try:
-                return datatype_of(np.dtype(first.type))
-            except TypeError:
-                return "BYTES"
-        return METADATA_DATATYPE.get(getattr(first.type, "name", ""), "BYTES")
-    if runtime.classes:
-        return datatype_of(np.asarray(runtime.classes).dtype)
-    return "FP64"
-
-
-def _a(value: Any) -> str:
-    """The JSON type of ``value`` with its article: "an integer", "a list"."""
-    name = jtype(value)
-    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
-
-
-def short(value: Any) -> str:
-    """``value`` as text of at most 80 characters (messages stay short whatever the input)."""
-    text = value if isinstance(value, str) else repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."

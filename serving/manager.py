@@ -21,7 +21,9 @@ from dataclasses import dataclass
 
 from mlops import errors, registry
 from mlops.model_io import ModelLoadError
+from mlops.util import first_line
 from serving.cache import CacheFull, ModelCache, no_space
+from serving.health import HealthReport, iso
 from serving.metrics import Metrics
 from serving.runtime import ModelRuntime, VersionMeta
 from serving.settings import Settings
@@ -56,7 +58,7 @@ class Failure:
                 "retry_at": iso(self.retry_at)}
 
 
-class ModelManager:
+class ModelManager(HealthReport):
     """Holds the version this worker serves and keeps it in step with the registry."""
 
     def __init__(self, settings: Settings, metrics: Metrics):
@@ -275,11 +277,11 @@ class ModelManager:
         except registry.RegistryError as exc:
             msg = str(exc)
             if isinstance(exc, errors.Unreachable):
-                raise RegistryUnreachable(_one_line(msg)) from None
+                raise RegistryUnreachable(first_line(msg)) from None
             raise NothingSelected(msg) from None
         except Exception as exc:  # noqa: BLE001 - connection errors, 5xx, database errors
             self._client = None
-            raise RegistryUnreachable(_one_line(getattr(exc, "message", None) or str(exc) or type(exc).__name__)) from None
+            raise RegistryUnreachable(first_line(getattr(exc, "message", None) or str(exc) or type(exc).__name__)) from None
 
     def _meta(self, mv) -> VersionMeta:
         """What the resolved version itself says (no further registry call)."""
@@ -295,12 +297,12 @@ class ModelManager:
             rm = client.get_registered_model(self.settings.model_name)
             meta.aliases = sorted(a for a, v in (rm.aliases or {}).items() if str(v) == str(mv.version))
         except Exception as exc:  # noqa: BLE001 - informative only
-            log.warning("could not read aliases of %s: %s", self.settings.model_name, _one_line(str(exc)))
+            log.warning("could not read aliases of %s: %s", self.settings.model_name, first_line(str(exc)))
         if mv.run_id:
             try:
                 meta.metrics = dict(client.get_run(mv.run_id).data.metrics)
             except Exception as exc:  # noqa: BLE001 - informative only
-                log.warning("could not read the metrics of run %s: %s", mv.run_id, _one_line(str(exc)))
+                log.warning("could not read the metrics of run %s: %s", mv.run_id, first_line(str(exc)))
 
     # -- swapping ---------------------------------------------------------------------------------
 
@@ -335,10 +337,10 @@ class ModelManager:
                         raise
                     # A cached copy that does not load: drop it and fetch it once more.
                     log.warning("cached %s v%s does not load (%s): downloading it again", name, version,
-                                _one_line(str(exc)))
+                                first_line(str(exc)))
                     again = "; the cached copy was dropped and downloaded again, and it still fails"
                     phase = "download"
-                    self.cache.drop(version, f"it does not load: {_one_line(str(exc))}")
+                    self.cache.drop(version, f"it does not load: {first_line(str(exc))}")
                     fetched = self.cache.fetch(version, self.settings.tracking_uri, _identity(mv))
                     phase = "load"
                     runtime = ModelRuntime.load(fetched.path, self._meta(mv), loaded_from="registry")
@@ -387,7 +389,7 @@ class ModelManager:
         """One line for a failed step; a full cache disk is named as such, with its path."""
         if no_space(exc):
             return self.cache.no_space_message(f"the {phase} step")
-        text = _one_line(str(exc))
+        text = first_line(str(exc))
         return text if isinstance(exc, ModelLoadError) else f"{type(exc).__name__}: {text}"
 
     def _served_version_state(self, version: str) -> str:
@@ -398,13 +400,13 @@ class ModelManager:
             code = str(getattr(exc, "error_code", ""))
             if "RESOURCE_DOES_NOT_EXIST" in code or "not found" in str(exc).lower():
                 return "deleted from the registry"
-            return f"its registry state could not be read: {_one_line(str(exc))}"
+            return f"its registry state could not be read: {first_line(str(exc))}"
         return f"now in stage {mv.current_stage}" if mv.current_stage else "still registered"
 
     def _refuse(self, version: str, phase: str, error: str) -> str:
         now = time.time()
         delay = DOWNLOAD_RETRY_S if phase == "download" else self.settings.retry_failed_after_s
-        failure = Failure(version, phase, _one_line(error), now, now + delay)
+        failure = Failure(version, phase, first_line(error), now, now + delay)
         self.failures[version] = failure
         self.last_swap_error = failure
         self.metrics.swap_failures.labels(self.settings.model_name, phase).inc()
@@ -449,7 +451,7 @@ class ModelManager:
         try:
             runtime = ModelRuntime.load(self.cache.version_dir(version), meta, loaded_from="cache")
         except Exception as exc:  # noqa: BLE001
-            self.cache_note = f"the cached v{version} cannot be loaded either: {_one_line(str(exc))}"
+            self.cache_note = f"the cached v{version} cannot be loaded either: {first_line(str(exc))}"
             log.error("%s", self.cache_note)
             return
         self.cache_note = None
@@ -460,60 +462,6 @@ class ModelManager:
             version, self.settings.selector_label,
             extra={"fields": {"event": "started_from_cache", "model_version": version}},
         )
-
-    # -- reporting --------------------------------------------------------------------------------
-
-    def status(self) -> tuple[str, str | None]:
-        """``ok``/``degraded``/``starting``/``unavailable`` and, unless ok, why (one line)."""
-        cur, err = self.current, self.last_swap_error
-        refused = f"v{err.version} refused ({err.phase} failed): {err.error}" if err else None
-        if cur is None:
-            if not self.checked:
-                return "starting", "the first registry check has not finished"
-            if self.registry_reachable is False:
-                first = f"registry unreachable ({self.last_check_error})"
-            else:
-                first = refused or self.registry_note or "no model loaded"
-            return "unavailable", "; ".join(p for p in (first, self.cache_note) if p)
-        serving = f"serving v{cur.version}" + (" from the cache" if cur.loaded_from == "cache" else "")
-        if self.registry_reachable is False:
-            return "degraded", f"registry unreachable ({self.last_check_error}); {serving}, the last known good"
-        if self.registry_note:
-            return "degraded", (f"{self.registry_note}; serving the last good version v{cur.version}"
-                                + (f" ({self.served_note})" if self.served_note else ""))
-        if refused:
-            return "degraded", f"{refused}; still {serving}"
-        return "ok", None
-
-    def health(self) -> dict:
-        """Liveness details for /health."""
-        cur = self.current
-        status, reason = self.status()
-        return {
-            "status": status,
-            "reason": reason,
-            "model_name": self.settings.model_name,
-            "model_version": cur.version if cur else None,
-            "model_stage": cur.meta.stage if cur else None,
-            "selector": self.settings.selector,
-            "loaded_at": iso(cur.loaded_at) if cur else None,
-            "loaded_from": cur.loaded_from if cur else None,
-            "started_from_cache": self.started_from_cache,
-            "fast_path": cur.fast if cur else None,
-            "registry": self.registry_status(),
-            "last_swap_error": self.last_swap_error.to_dict() if self.last_swap_error else None,
-            "pid": os.getpid(),
-        }
-
-    def registry_status(self) -> dict:
-        return {
-            "reachable": self.registry_reachable,
-            "selected_version": self.registry_version,
-            "note": self.registry_note,
-            "last_check": iso(self.last_check_at),
-            "last_success": iso(self.last_check_ok_at),
-            "error": self.last_check_error,
-        }
 
     _previous: str | None = None
 
@@ -528,14 +476,3 @@ def _same_version(runtime: ModelRuntime, mv) -> bool:
 def _identity(mv) -> dict:
     """What a cache entry must match for the registry's version ``mv``."""
     return {"run_id": mv.run_id, "source": mv.source, "created": getattr(mv, "creation_timestamp", None)}
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int((ts % 1) * 1000):03d}Z"
-
-
-def _one_line(text: str) -> str:
-    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
-    return lines[0][:400] if lines else "unknown error"

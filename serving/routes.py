@@ -18,8 +18,9 @@ from flask import Blueprint, Response, g, request
 
 from serving import compat, inputs, openapi
 from serving.errors import InputError
+from serving.health import iso
 from serving.http import bearer_ok, body_reader, error_response, json_response, labels_json, rows_of
-from serving.manager import ModelManager, iso
+from serving.manager import ModelManager
 from serving.metrics import Metrics
 from serving.settings import Settings
 

@@ -19,7 +19,7 @@ import orjson
 from flask import Blueprint, Flask, Response, g, request
 from werkzeug.exceptions import HTTPException
 
-from serving import codecs_v2, inputs
+from serving import codecs_v2, inputs, v2_outputs
 from serving.errors import InputError
 from serving.http import json_response
 
@@ -156,7 +156,7 @@ def blueprint(manager: ModelManager, settings: Settings, hooks: Hooks) -> Bluepr
         resp = denied()
         if resp is not None:
             return resp
-        return _json(codecs_v2.metadata(served(name, version)))
+        return _json(v2_outputs.metadata(served(name, version)))
 
     @bp.get(PREFIX + "/models/<name>/ready")
     @bp.get(PREFIX + "/models/<name>/versions/<version>/ready")
@@ -180,7 +180,7 @@ def blueprint(manager: ModelManager, settings: Settings, hooks: Hooks) -> Bluepr
         body = hooks.read_body()
         req = codecs_v2.to_request(codecs_v2.decode(body), rt, body)
         result = rt.predict(req.parsed, with_proba=codecs_v2.PROBABILITIES in req.outputs)
-        payload = codecs_v2.response(rt, req, result)
+        payload = v2_outputs.response(rt, req, result)
         hooks.observe(request.url_rule.rule, rt, result.rows, req.parsed.fmt)
         return _json(payload, 200, {"X-Model-Version": rt.version})
 
