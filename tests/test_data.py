@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from training.data import BUNDLED, DataError, load_dataset
+from training.data import BUNDLED, PENGUINS, DataError, load_dataset
 
 
 @pytest.fixture()
@@ -102,3 +104,59 @@ def test_a_non_finite_target_is_refused_with_its_count(tmp_path, suffix, bad, ki
         load_dataset(str(path), "y")
     values = "value" if len(bad) == 1 else "values"
     assert str(err.value) == f"target column 'y' has {len(bad)} non-finite {values} ({kinds})"
+
+
+def _penguins_with_header(path, change) -> None:
+    """The bundled penguins CSV with its header cells changed by ``change`` (a list -> list)."""
+    lines = Path(PENGUINS).read_text().splitlines()
+    lines[0] = ",".join(change(lines[0].split(",")))
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda h: h[:3] + ["bill_length_mm"] + h[4:], "duplicate column names: bill_length_mm"),
+        (lambda h: [h[0], "sex"] + h[2:7] + ["species"],
+         "duplicate column names: sex, species"),
+        (lambda h: h[:7] + [""], "column 8 of the header has no name: name it or remove the column"),
+        (lambda h: h[:2] + ["  "] + h[3:7] + [""],
+         "columns 3, 8 of the header have no name: name them or remove the columns"),
+        (lambda h: [""] + h[1:], "column 1 of the header has no name: name it or remove the column "
+                                 "(an unnamed first column is usually a saved row index: write the file "
+                                 "with index=False)"),
+    ],
+)
+def test_a_bad_csv_header_is_refused_as_written(tmp_path, bom, change, message):
+    # pandas would rename these (bill_length_mm.1, Unnamed: 7) and the model would train on them.
+    path = tmp_path / "penguins.csv"
+    _penguins_with_header(path, change)
+    path.write_bytes(bom + path.read_bytes())
+    with pytest.raises(DataError) as err:
+        load_dataset(str(path), "species")
+    assert str(err.value) == message
+
+
+def test_a_header_is_read_as_pandas_reads_it(tmp_path):
+    # A BOM, blank lines before the header, a quoted name holding a comma and a name that only looks
+    # like pandas' renaming of a duplicate: all fine.
+    path = tmp_path / "d.csv"
+    rows = "\n".join(f"{i},{i % 2},{i * 2},{i % 3}" for i in range(20))
+    path.write_bytes(b"\xef\xbb\xbf\n\n" + f'"a,b",a,a.1,label\n{rows}\n'.encode())
+    ds = load_dataset(str(path), "label")
+    assert list(ds.frame.columns) == ["a,b", "a", "a.1", "label"]
+
+
+def test_a_non_utf8_header_is_left_to_the_reader(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("caf\xe9,label\n1,0\n".encode("latin-1"))
+    with pytest.raises(DataError, match="cannot read"):
+        load_dataset(str(path), "label")
+
+
+def test_parquet_column_names_are_checked_too(tmp_path, frame):
+    frame.rename(columns={"b": ""}).to_parquet(tmp_path / "d.parquet")
+    with pytest.raises(DataError) as err:
+        load_dataset(str(tmp_path / "d.parquet"), "label")
+    assert str(err.value) == "column 2 has no name: name it or remove the column"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ def load_dataset(path: str | None, target: str = "target") -> Dataset:
         suffix = p.suffix.lower()
         try:
             if suffix == ".csv":
+                check_header(csv_header(p))
                 frame = pd.read_csv(p)
             elif suffix in (".parquet", ".pq"):
                 frame = pd.read_parquet(p)
@@ -79,6 +81,46 @@ def load_dataset(path: str | None, target: str = "target") -> Dataset:
         ds = Dataset(frame=frame, target=target, source=str(p.resolve()), name=p.stem)
     validate(ds)
     return ds
+
+
+def csv_header(path: Path) -> list[str] | None:
+    """The header cells of a CSV file as written, read as ``pd.read_csv`` reads them (UTF-8, a
+    BOM removed, blank lines before the header skipped); None when the csv module cannot read it
+    (pandas then reports the problem)."""
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            for row in csv.reader(f):
+                if row:
+                    return row
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return None
+
+
+def check_header(names: list[str] | None, where: str = " of the header") -> None:
+    """DataError for duplicate or empty column names (a CSV's as written: pandas would rename
+    them to ``a.1`` or ``Unnamed: 7`` and the model would take those made-up names as features)."""
+    if names is None:
+        return
+    duplicates(names)
+    unnamed = [i + 1 for i, name in enumerate(names) if not str(name).strip()]
+    if unnamed:
+        one = len(unnamed) == 1
+        hint = (" (an unnamed first column is usually a saved row index: write the file with index=False)"
+                if unnamed[0] == 1 else "")
+        raise DataError(
+            f"column{'' if one else 's'} {', '.join(map(str, unnamed))}{where} "
+            f"{'has' if one else 'have'} no name: name {'it' if one else 'them'} or remove the "
+            f"column{'' if one else 's'}{hint}"
+        )
+
+
+def duplicates(names) -> None:
+    """DataError naming the column names that occur more than once (at most five)."""
+    index = pd.Index([str(n) for n in names])
+    if index.duplicated().any():
+        dup = sorted(set(index[index.duplicated()]))
+        raise DataError(f"duplicate column names: {', '.join(dup[:5])}")
 
 
 def shown(value) -> str:
@@ -99,9 +141,7 @@ def validate(ds: Dataset) -> None:
     if ds.target not in frame.columns:
         cols = ", ".join(map(str, frame.columns[:8])) + (", …" if len(frame.columns) > 8 else "")
         raise DataError(f"target column '{ds.target}' not found in data (columns: {cols})")
-    if frame.columns.duplicated().any():
-        dup = sorted({str(c) for c in frame.columns[frame.columns.duplicated()]})
-        raise DataError(f"duplicate column names: {', '.join(dup[:5])}")
+    check_header(list(frame.columns), where="")  # a CSV's header was checked as written, before pandas
     if frame.shape[1] < 2:
         raise DataError("data has no feature columns besides the target")
     missing = frame[ds.target].isna()

@@ -47,11 +47,28 @@ def _inf_target(path):
     return "y"
 
 
+def _penguins_header(cells: dict[int, str]):
+    """A maker of the penguins CSV with header cells replaced (position -> name); target species."""
+
+    def make(path):
+        lines = PENGUINS.read_text().splitlines()
+        header = lines[0].split(",")
+        for i, name in cells.items():
+            header[i] = name
+        path.write_text("\n".join([",".join(header), *lines[1:]]) + "\n")
+        return "species"
+
+    return make
+
+
 @pytest.mark.parametrize(
     "make, message",
     [
         (_inf_target, "error: target column 'y' has 6 non-finite values (inf, -inf)"),
+        (_penguins_header({3: "bill_length_mm"}), "error: duplicate column names: bill_length_mm"),
+        (_penguins_header({7: ""}), "error: column 8 of the header has no name: name it or remove the column"),
     ],
+    ids=["inf-target", "duplicate-header", "empty-header-cell"],
 )
 def test_bad_data_file_is_one_error_line_exit_2(tmp_path, make, message):
     data = tmp_path / "data.csv"
