@@ -108,6 +108,8 @@ def run(job: ScoreJob, progress: Callable[[int, int], None] | None = None) -> Sc
             out.commit(_manifest(job, pinned, info, rows_out, jr.run_id, master, seconds))
         except BaseException as exc:
             error = exc
+            if isinstance(exc, KeyboardInterrupt):  # stop the tasks before removing what they write
+                session.sparkContext.cancelAllJobs()
             out.discard()
             raise
         finally:

@@ -22,6 +22,7 @@ from tests.helpers import BIN, clean_env, run
 from tests.scoring.conftest import BREAST_CANCER, PENGUINS, PENGUINS_CSV
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytest.importorskip("pyspark", reason="the spark extra (pip install -e '.[spark]') is not installed")
 
 
 def pyfunc_predict(uri: str, name: str, version: str, frame: pd.DataFrame) -> np.ndarray:
