@@ -57,6 +57,8 @@ def _progress_printer():
               help="Comma-separated input columns copied to the output next to the prediction "
                    "(default: every input column).")
 @click.option("--keep-columns", is_flag=True, help="Copy every input column, also with --id-columns.")
+@click.option("--probabilities", is_flag=True,
+              help="Add one probability_<label> column per class (scikit-learn classifiers).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output (only once the new one is complete).")
 @click.option("--env-manager", default="local", show_default=True, type=click.Choice(["local", "virtualenv", "uv"]),
               help="Python environment of the executors (virtualenv/uv rebuild the model's own).")
@@ -66,15 +68,16 @@ def _progress_printer():
 @click.pass_context
 def score(ctx: click.Context, input_path: str, output_path: str, model_name: str, stage: str | None,
           alias: str | None, version: str | None, master: str | None, id_columns: str, keep_columns: bool,
-          overwrite: bool, env_manager: str, conf: tuple[str, ...], tracking_uri: str) -> None:
+          probabilities: bool, overwrite: bool, env_manager: str, conf: tuple[str, ...], tracking_uri: str) -> None:
     """Score a table with the registry's version of a model on Spark (mlflow.pyfunc.spark_udf).
 
     The version (default: Production) is resolved once and pinned for the whole job. The input is
     checked against the model's signature before Spark starts: missing columns, wrong types, an
     empty or unreadable input and an existing output are refused with one line. The output is a
     Parquet folder (ids or every input column, then `prediction`, whose column metadata names the
-    model and version), written under a hidden name and renamed when complete, with a manifest
-    `_mlops_scoring.json`. Each job is a tracking run in the experiment of the version's training run.
+    model and version; with --probabilities one probability_<label> column per class), written
+    under a hidden name and renamed when complete, with a manifest `_mlops_scoring.json`. Each job
+    is a tracking run in the experiment of the version's training run.
     """
     if importlib.util.find_spec("pyspark") is None:
         raise SparkMissing(INSTALL_HINT)
@@ -84,7 +87,7 @@ def score(ctx: click.Context, input_path: str, output_path: str, model_name: str
     job = ScoreJob(input=input_path, output=output_path, model_name=model_name, tracking_uri=tracking_uri,
                    stage=stage, alias=alias, version=version, master=master,
                    id_columns=[c.strip() for c in id_columns.split(",") if c.strip()], keep_columns=keep_columns,
-                   overwrite=overwrite, env_manager=env_manager, conf=_conf(conf), verbose=verbose)
+                   probabilities=probabilities, overwrite=overwrite, env_manager=env_manager, conf=_conf(conf), verbose=verbose)
     show = _progress_printer()
     result = run(job, progress=show)
     if show is not None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops import registry
-from mlops.scoring import BadInput, JobFailed, inputs, model, output, spark, tracking
+from mlops.scoring import BadInput, JobFailed, inputs, model, output, probabilities, spark, tracking
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ class ScoreJob:
     master: str | None = None
     id_columns: list[str] = field(default_factory=list)
     keep_columns: bool = False
+    probabilities: bool = False
     overwrite: bool = False
     env_manager: str = "local"
     conf: dict[str, str] = field(default_factory=dict)
@@ -66,13 +67,20 @@ def _manifest(job: ScoreJob, pinned: model.PinnedModel, info: inputs.InputInfo, 
             "completed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def _scored(df: Any, udf: Any, plan: inputs.Plan, pinned: model.PinnedModel) -> Any:
+def _scored(df: Any, udf: Any, plan: inputs.Plan, pinned: model.PinnedModel, proba: Any = None,
+            proba_names: list[str] | None = None) -> Any:
     from pyspark.sql import functions as F
 
     meta = {META_NAME: pinned.name, META_VERSION: pinned.version, META_URI: pinned.uri}
     features = F.struct(*[F.col(f"`{c}`") for c in plan.features])
+    keep = [F.col(f"`{c}`") for c in plan.keep]
     prediction = udf(features).alias(inputs.PREDICTION, metadata=meta)
-    return df.select(*[F.col(f"`{c}`") for c in plan.keep], prediction)
+    if proba is None:
+        return df.select(*keep, prediction)
+    # The struct once, then its fields: the UDF runs once per row, not once per class.
+    scored = df.select(*keep, prediction, proba(features).alias("__mlops_probabilities"))
+    fields = [F.col(f"`__mlops_probabilities`.`{n}`").alias(n) for n in proba_names or []]
+    return scored.select(*[F.col(f"`{c}`") for c in plan.keep], F.col(inputs.PREDICTION), *fields)
 
 
 def run(job: ScoreJob, progress: Callable[[int, int], None] | None = None) -> ScoreResult:
@@ -88,6 +96,11 @@ def run(job: ScoreJob, progress: Callable[[int, int], None] | None = None) -> Sc
         pinned = model.pin(client, job.model_name, workdir / "model", job.stage, job.alias, job.version)
         plan = inputs.check(info, pinned.signature, job.id_columns, job.keep_columns)
         kind = model.result_type(pinned)
+        classes = probabilities.labels(pinned) if job.probabilities else None
+        if classes is not None:
+            clash = sorted(set(probabilities.column_names(classes)) & set(plan.keep))
+            if clash:
+                raise BadInput(f"--probabilities: the input already has column(s) {', '.join(map(repr, clash))}")
         log.info("scoring %s (%s, %d file(s), %d bytes%s) with %s v%s (%s), pinned for the whole job", info.path,
                  info.format, len(info.files), info.bytes, f", {info.rows} rows" if info.rows is not None else "",
                  pinned.name, pinned.version, pinned.selector)
@@ -97,11 +110,12 @@ def run(job: ScoreJob, progress: Callable[[int, int], None] | None = None) -> Sc
                                                job.conf, job.verbose)
         master = session.sparkContext.master
         jr = tracking.start(client, pinned, info, str(out.target), master, job.env_manager,
-                            {"id_columns": ",".join(job.id_columns) or "-", "keep_columns": job.keep_columns})
+                            {"id_columns": ",".join(job.id_columns) or "-", "keep_columns": job.keep_columns,
+                             "probabilities": job.probabilities})
         error: BaseException | None = None
         rows_out = 0
         try:
-            rows_out = _write(session, job, pinned, info, plan, kind, out, progress)
+            rows_out = _write(session, job, pinned, info, plan, kind, out, progress, classes)
             if info.rows is not None and rows_out != info.rows:
                 raise JobFailed(f"wrote {rows_out} rows for {info.rows} input rows; output discarded")
             seconds = time.monotonic() - jr.started
@@ -133,7 +147,8 @@ def run(job: ScoreJob, progress: Callable[[int, int], None] | None = None) -> Sc
 
 
 def _write(session: Any, job: ScoreJob, pinned: model.PinnedModel, info: inputs.InputInfo, plan: inputs.Plan,
-           kind: str, out: output.Output, progress: Callable[[int, int], None] | None) -> int:
+           kind: str, out: output.Output, progress: Callable[[int, int], None] | None,
+           classes: list[Any] | None = None) -> int:
     import mlflow.pyfunc
 
     pyfunc_log = logging.getLogger("mlflow.pyfunc")
@@ -145,7 +160,9 @@ def _write(session: Any, job: ScoreJob, pinned: model.PinnedModel, info: inputs.
         pyfunc_log.setLevel(level)
     log.info("spark_udf: %s v%s, env manager %s, prediction type %s, %d feature column(s)", pinned.name,
              pinned.version, job.env_manager, kind, len(plan.features))
-    scored = _scored(inputs.read(session, info, plan), udf, plan, pinned)
+    proba = probabilities.udf(session, pinned, classes) if classes is not None else None
+    names = probabilities.column_names(classes) if classes is not None else None
+    scored = _scored(inputs.read(session, info, plan), udf, plan, pinned, proba, names)
     try:
         with spark.Progress(session, progress):
             scored.write.mode("errorifexists").parquet(str(out.partial))

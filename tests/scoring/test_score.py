@@ -35,7 +35,7 @@ def pyfunc_predict(uri: str, name: str, version: str, frame: pd.DataFrame) -> np
     return np.asarray(model.predict(frame))
 
 
-def score(uri: str, *args: str, progress=None):
+def score(uri: str, *args: str, progress=None, probabilities: bool = False):
     """The job as `mlops score` runs it, in this process (the session's Spark is reused)."""
     from mlops.scoring.batch import ScoreJob
     from mlops.scoring.batch import run as run_job
@@ -43,7 +43,7 @@ def score(uri: str, *args: str, progress=None):
     opts = dict(zip(args[::2], args[1::2], strict=True))
     job = ScoreJob(input=opts.pop("--input"), output=opts.pop("--output"), model_name=opts.pop("--model"),
                    tracking_uri=uri, version=opts.pop("--version", None), overwrite=bool(opts.pop("--overwrite", "")),
-                   id_columns=[c for c in opts.pop("--id-columns", "").split(",") if c])
+                   id_columns=[c for c in opts.pop("--id-columns", "").split(",") if c], probabilities=probabilities)
     assert not opts, opts
     return run_job(job, progress=progress)
 
@@ -136,14 +136,27 @@ def test_mixed_types_csv_predictions_equal_pyfunc(spark, store, tmp_path):
     rows = penguin_rows()
     rows.to_csv(tmp_path / "penguins.csv", index=False)
     score(store["uri"], "--input", str(tmp_path / "penguins.csv"), "--output", str(tmp_path / "out"),
-          "--model", PENGUINS, "--id-columns", "row_id")
+          "--model", PENGUINS, "--id-columns", "row_id", probabilities=True)
     out = read_output(tmp_path / "out")
     user_rows = pd.read_csv(tmp_path / "penguins.csv")  # the way a user reads the same file
     assert user_rows.isna().any(axis=1).sum() >= 10 and "Anvers" in set(user_rows["island"])
-    expected = pyfunc_predict(store["uri"], PENGUINS, "1", user_rows.drop(columns=["row_id"]))
+    features = user_rows.drop(columns=["row_id"])
+    expected = pyfunc_predict(store["uri"], PENGUINS, "1", features)
     assert out["row_id"].tolist() == user_rows["row_id"].tolist()
     np.testing.assert_array_equal(out["prediction"].to_numpy(dtype=object), expected.astype(object))
     assert len(set(expected.tolist())) == 3
+
+    # --probabilities: one column per class, named by label, as scikit-learn's predict_proba says.
+    import mlflow
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        raw = mlflow.pyfunc.load_model(f"models:/{PENGUINS}/1", suppress_warnings=True).get_raw_model()
+    names = [f"probability_{c}" for c in raw.classes_]
+    assert list(out.columns) == ["row_id", "prediction", *names]
+    np.testing.assert_allclose(out[names].to_numpy(), raw.predict_proba(features), rtol=0, atol=1e-12)
+    best = np.asarray(raw.classes_)[out[names].to_numpy().argmax(axis=1)]
+    np.testing.assert_array_equal(best, expected.astype(object))
 
 
 def _register_pair(uri: str, name: str) -> None:
