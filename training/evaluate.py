@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,23 +60,36 @@ def evaluate(model, X, y, task: str = "classification",
     kw = {"average": avg, "zero_division": 0}
     if binary:
         kw["pos_label"] = labels[1]
+    with warnings.catch_warnings():
+        # A class the holdout lacks: the mean recall of the holdout's classes (all of them, even
+        # when that is a single one).
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        warnings.filterwarnings("ignore", message="A single label was found in 'y_true' and 'y_pred'")
+        balanced = skm.balanced_accuracy_score(y, pred)
     out = {
         "accuracy": skm.accuracy_score(y, pred),
-        "balanced_accuracy": skm.balanced_accuracy_score(y, pred),
+        "balanced_accuracy": balanced,
         "precision": skm.precision_score(y, pred, **kw),
         "recall": skm.recall_score(y, pred, **kw),
         "f1": skm.f1_score(y, pred, **kw),
     }
     if proba is not None:
-        try:
-            if binary:
-                out["roc_auc"] = skm.roc_auc_score(y, proba[:, 1])
-            else:
-                out["roc_auc"] = skm.roc_auc_score(y, proba, multi_class="ovr", labels=labels)
-        except ValueError:
-            pass  # a class missing from the holdout: no AUC
+        # ROC AUC is undefined (scikit-learn warns and gives NaN) unless every class is in the holdout.
+        if every_class_present(labels, y):
+            try:
+                if binary:
+                    out["roc_auc"] = skm.roc_auc_score(y, proba[:, 1])
+                else:
+                    out["roc_auc"] = skm.roc_auc_score(y, proba, multi_class="ovr", labels=labels)
+            except ValueError:
+                pass  # a class the model never saw in the holdout: no AUC
         out["log_loss"] = skm.log_loss(y, proba, labels=labels)
-    return {k: float(v) for k, v in out.items()}
+    return {k: float(v) for k, v in out.items() if np.isfinite(v)}
+
+
+def every_class_present(labels: list, y) -> bool:
+    """True when each of ``labels`` occurs in ``y`` (ROC curves and AUC need every class)."""
+    return not set(labels) - set(np.unique(np.asarray(y)).tolist())
 
 
 def label_codes(labels: list, *arrays) -> list[np.ndarray]:
@@ -220,7 +234,7 @@ def save_plots(model, X, y, feature_names, out_dir: Path, task: str = "classific
         )
         ax.set_title("Confusion matrix (holdout)")
         paths.append(_save(fig, out_dir / "confusion_matrix.png"))
-        if proba is not None and len(labels) == 2:
+        if proba is not None and len(labels) == 2 and every_class_present(labels, y):
             score = proba[:, 1]
             name = type(model).__name__
             fig, ax = plt.subplots(figsize=(4.5, 4))

@@ -325,6 +325,48 @@ def stratify_codes(y):
     return codes
 
 
+#: A class with fewer rows than this cannot be both trained on and measured on the holdout.
+MIN_CLASS_ROWS = 2
+
+
+def split(X, y, task: str, test_size: float, seed: int):
+    """(X_train, X_test, y_train, y_test): stratified for classification.
+
+    The rows of a class with fewer than ``MIN_CLASS_ROWS`` rows all go to the training rows (one
+    warning names those classes and their row counts): the model learns the class, and the holdout
+    never holds a class the model has not seen. The other rows are split stratified, as usual.
+    """
+    import pandas as pd
+    from sklearn.model_selection import train_test_split
+
+    from training.data import shown
+
+    def draw(X, y, stratify):
+        try:
+            return train_test_split(X, y, test_size=test_size, random_state=seed, stratify=stratify)
+        except ValueError as exc:  # e.g. a holdout smaller than the number of classes
+            raise DataError(f"cannot split {len(y)} rows into training and holdout rows "
+                            f"(test_size={test_size}): {str(exc).splitlines()[0]}") from None
+
+    if task != CLASSIFICATION:
+        return draw(X, y, None)
+    counts = y.value_counts()
+    rare = counts[counts < MIN_CLASS_ROWS]
+    if rare.empty:
+        return draw(X, y, stratify_codes(y))
+    keep = ~y.isin(rare.index).to_numpy()
+    if not keep.any():
+        raise DataError(f"every class of target '{y.name}' has fewer than {MIN_CLASS_ROWS} rows: "
+                        "nothing to measure on a holdout")
+    log.warning(
+        "classes with fewer than %d rows train the model but are not in the holdout (its metrics do not "
+        "measure them; roc_auc is undefined and not logged): %s", MIN_CLASS_ROWS,
+        ", ".join(f"{shown(c)} ({n} row{'s' if n != 1 else ''})" for c, n in rare.items()),
+    )
+    X_train, X_test, y_train, y_test = draw(X[keep], y[keep], stratify_codes(y[keep]))
+    return pd.concat([X_train, X[~keep]]), X_test, pd.concat([y_train, y[~keep]]), y_test
+
+
 def run(args: argparse.Namespace) -> int:
     """Train, log, gate, register and promote; return the exit code."""
     watch = Stopwatch()
@@ -345,7 +387,6 @@ def run(args: argparse.Namespace) -> int:
 
     import mlflow
     import mlflow.sklearn
-    from sklearn.model_selection import train_test_split
 
     from mlops import config, registry
 
@@ -357,13 +398,10 @@ def run(args: argparse.Namespace) -> int:
     if not os.environ.get("MLFLOW_RUN_ID"):
         mlflow.set_experiment(experiment_id=config.ensure_experiment(client, args.experiment or args.model_name))
 
-    stratify = stratify_codes(y) if task == CLASSIFICATION and y.value_counts().min() >= 2 else None
-    X_train, X_test, y_train, y_test = train_test_split(
-        X, y, test_size=args.test_size, random_state=args.seed, stratify=stratify
-    )
+    X_train, X_test, y_train, y_test = split(X, y, task, args.test_size, args.seed)
     # What later steps need from the whole table; then only the split copies stay in memory.
     inputs, columns, n_features = _input_schema(X, plan), list(X.columns), X.shape[1]
-    del X, y, stratify
+    del X, y
     hp = hyperparameters(family, args)
     primary = PRIMARY[task]
     n_plot = len(plot_sample(X_test, y_test, args.seed)[0])
