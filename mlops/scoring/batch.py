@@ -122,8 +122,6 @@ def run(job: ScoreJob, progress: Callable[[int, int], None] | None = None) -> Sc
             out.commit(_manifest(job, pinned, info, rows_out, jr.run_id, master, seconds))
         except BaseException as exc:
             error = exc
-            if isinstance(exc, KeyboardInterrupt):  # stop the tasks before removing what they write
-                session.sparkContext.cancelAllJobs()
             out.discard()
             raise
         finally:
@@ -163,13 +161,16 @@ def _write(session: Any, job: ScoreJob, pinned: model.PinnedModel, info: inputs.
     proba = probabilities.udf(session, pinned, classes) if classes is not None else None
     names = probabilities.column_names(classes) if classes is not None else None
     scored = _scored(inputs.read(session, info, plan), udf, plan, pinned, proba, names)
-    try:
-        with spark.Progress(session, progress):
-            scored.write.mode("errorifexists").parquet(str(out.partial))
-    except Exception as exc:
-        if isinstance(exc, (BadInput, JobFailed)):
-            raise
-        raise JobFailed(f"scoring job failed: {spark.job_error(exc)}") from None
+    with spark.cancel_on_interrupt(session) as interrupted:
+        try:
+            with spark.Progress(session, progress):
+                scored.write.mode("errorifexists").parquet(str(out.partial))
+        except Exception as exc:
+            if interrupted.is_set():
+                raise KeyboardInterrupt from None
+            raise JobFailed(f"scoring job failed: {spark.job_error(exc)}") from None
+        if interrupted.is_set():
+            raise KeyboardInterrupt
     return output.rows_in(out.partial)
 
 

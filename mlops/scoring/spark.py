@@ -8,14 +8,16 @@ line the job fails with); ``-v`` shows Spark's warnings again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +156,32 @@ class Progress:
                 log.info("partitions done: %d/%d", *state)
 
 
+@contextlib.contextmanager
+def cancel_on_interrupt(spark: Any) -> Iterator[threading.Event]:
+    """Ctrl-C cancels the running Spark jobs (from another thread) and sets the event it yields.
+
+    PySpark's own SIGINT handler cancels from inside the interrupted Py4J call, which re-enters its
+    connection and prints stack traces; here the blocked call returns because its job was
+    cancelled, and the caller raises KeyboardInterrupt. Only in the main thread (signals).
+    """
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if not interrupted.is_set():
+            interrupted.set()
+            log.info("interrupted: cancelling the Spark job")
+            threading.Thread(target=spark.sparkContext.cancelAllJobs, name="mlops-score-cancel", daemon=True).start()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 _ERROR_CLASS = re.compile(r"^\[[A-Z_.]+\]\s*")
 _SQLSTATE = re.compile(r"\s*SQLSTATE: \w+\.?\s*$")
 _PY_LAST = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Warning)): (.+)$")
@@ -179,4 +207,4 @@ def job_error(exc: BaseException) -> str:
     return first_line(exc)
 
 
-__all__ = ["DEFAULTS", "Progress", "active_session", "job_error", "start_session"]
+__all__ = ["DEFAULTS", "Progress", "active_session", "cancel_on_interrupt", "job_error", "start_session"]

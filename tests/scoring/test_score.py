@@ -233,6 +233,32 @@ def test_a_row_failing_inside_the_job_leaves_no_output_and_a_failed_run(spark, s
     assert failed and "12,5mm" in failed[0].data.tags["mlops.error"]
 
 
+def test_ctrl_c_mid_job_cancels_it_and_leaves_no_output(spark, store, tmp_path):
+    import os
+    import signal
+
+    rows = pd.concat([breast_cancer_rows()] * 8, ignore_index=True)
+    src = tmp_path / "in"
+    src.mkdir()
+    for i, part in enumerate(parts(rows, 8)):
+        part.to_parquet(src / f"part-{i}.parquet", index=False)
+    seen = []
+
+    def ctrl_c(done: int, total: int) -> None:
+        if not seen:
+            seen.append((done, total))
+            os.kill(os.getpid(), signal.SIGINT)
+
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        score(store["uri"], "--input", str(src), "--output", str(tmp_path / "out"), "--model", BREAST_CANCER,
+              "--id-columns", "row_id", progress=ctrl_c)
+    assert seen and seen[0][0] < seen[0][1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no output, no partial folder
+    assert not spark.sparkContext.statusTracker().getActiveJobsIds()
+    assert signal.getsignal(signal.SIGINT) is before  # the job's handler is gone again
+
+
 def test_existing_output_is_kept_unless_overwrite(spark, store, tmp_path):
     rows = breast_cancer_rows(40)
     rows.to_parquet(tmp_path / "in.parquet", index=False)
