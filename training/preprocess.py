@@ -167,6 +167,22 @@ def _partly_numeric(counts: pd.Series) -> bool:
     return 0.5 <= share < 1.0
 
 
+def check_finite_features(X: pd.DataFrame, plan: ColumnPlan) -> None:
+    """DataError naming the numeric columns holding ``inf``/``-inf`` (with counts): the imputer
+    fills only missing values, and scikit-learn's refusal of infinity is a traceback."""
+    bad, kinds = {}, set()
+    for col in plan.numeric:
+        values = X[col].to_numpy(dtype=float, na_value=np.nan)
+        pos, neg = int(np.isposinf(values).sum()), int(np.isneginf(values).sum())
+        if pos or neg:
+            bad[col] = pos + neg
+            kinds |= {k for k, n in (("inf", pos), ("-inf", neg)) if n}
+    if bad:
+        shown_kinds = ", ".join(k for k in ("inf", "-inf") if k in kinds)
+        raise DataError(f"feature columns hold non-finite values ({shown_kinds}): "
+                        + ", ".join(f"{c} ({n})" for c, n in bad.items()))
+
+
 def warn_plan(plan: ColumnPlan) -> None:
     """Log one warning per kind of decision the user should know about."""
     if plan.dropped:

@@ -46,6 +46,7 @@ from training.models import (
 from training.preprocess import (
     CLASSIFICATION,
     TASKS,
+    check_finite_features,
     detect_task,
     plan_columns,
     prepare_frame,
@@ -377,6 +378,7 @@ def run(args: argparse.Namespace) -> int:
     conditions = _gate(args, task)
     log.info("task: %s (%s); model family: %s", task, why, family)
     plan = plan_columns(ds.X)
+    check_finite_features(ds.frame, plan)  # before the plan's warnings: one error line
     warn_plan(plan)
     if not plan.used:
         raise DataError("no usable feature column: " + "; ".join(f"{c}: {w}" for c, w in plan.dropped.items()))

@@ -79,3 +79,21 @@ def test_bad_data_file_is_one_error_line_exit_2(tmp_path, make, message):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.strip().splitlines() == [message]  # no traceback, no Python warning
     assert not (tmp_path / "mlflow.db").exists()  # refused before the store is opened
+
+
+def test_a_non_finite_feature_is_one_error_line_exit_2(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"x1": rng.normal(size=300), "x2": rng.choice(["a", "b"], 300), "y": rng.normal(size=300)})
+    df.loc[[3, 9], "x1"] = np.inf
+    df.to_csv(tmp_path / "data.csv", index=False)
+    env = clean_env(MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    proc = run([sys.executable, "-m", "training.train", "--data", str(tmp_path / "data.csv"), "--target", "y"],
+               env=env, cwd=ROOT, check=False)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1] == "error: feature columns hold non-finite values (inf): x1 (2)"
+    assert all(" INFO " in line for line in lines[:-1]), proc.stderr  # the task line; no traceback
+    assert not (tmp_path / "mlflow.db").exists()

@@ -208,3 +208,17 @@ def test_detecting_the_task_of_a_non_finite_target_warns_nothing():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert detect_task(pd.Series([1.5, np.inf, -np.inf, 2.0] * 10, name="y"))[0] == REGRESSION
+
+
+def test_non_finite_numeric_features_are_refused_naming_columns_and_counts():
+    from training.preprocess import check_finite_features
+
+    X = frame(40).assign(more=1.0)
+    X.loc[[1, 2], "num"] = [np.inf, -np.inf]
+    X.loc[[5], "more"] = np.inf
+    X.loc[[6], "more"] = np.nan  # missing is imputed, not refused
+    plan = plan_columns(X)
+    with pytest.raises(DataError) as err:
+        check_finite_features(X, plan)
+    assert str(err.value) == "feature columns hold non-finite values (inf, -inf): num (2), more (1)"
+    check_finite_features(X.replace([np.inf, -np.inf], np.nan), plan)  # no error
