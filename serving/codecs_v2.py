@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 
+from serving.errors import InputError  # noqa: F401 - re-exported: what every V2 mistake raises
 from serving.schema import ColumnSpec, InputSpec, ParsedInput, quoted_names
 from serving.v2_tensors import (  # noqa: F401 - bad, short, DATATYPES re-exported (serving.v2, openapi)
     DATATYPES,
