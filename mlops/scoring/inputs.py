@@ -58,6 +58,8 @@ class Plan:
     types: dict[str, str]  # feature -> signature type
     keep: list[str]  # input columns copied to the output
     missing_optional: list[str] = field(default_factory=list)
+    required: list[str] = field(default_factory=list)  # features the signature marks required
+    ids: list[str] = field(default_factory=list)  # --id-columns: name a failing row in its error
 
 
 def local_path(path: str) -> Path:
@@ -291,7 +293,9 @@ def check(info: InputInfo, signature: Any, id_columns: list[str], keep_all: bool
     optional = [s.name for s in specs if not s.required and s.name not in present]
     if optional:
         log.debug("optional column(s) %s absent: the model sees them as missing", ", ".join(optional))
-    return Plan(features=list(types), types=types, keep=keep, missing_optional=optional)
+    required = [s.name for s in specs if s.required and s.name in types]
+    return Plan(features=list(types), types=types, keep=keep, missing_optional=optional, required=required,
+                ids=list(dict.fromkeys(id_columns)))
 
 
 def read(spark: Any, info: InputInfo, plan: Plan) -> Any:
@@ -312,8 +316,8 @@ def read(spark: Any, info: InputInfo, plan: Plan) -> Any:
         for name in df.columns:
             c = F.col(f"`{name}`")
             if name in plan.types:
-                c = c.cast(SPARK_TYPES[plan.types[name]]).alias(name)
-            cols.append(c)
+                c = _required(c.cast(SPARK_TYPES[plan.types[name]]), name, plan)
+            cols.append(c.alias(name))
         return df.select(*cols)
     names = list(info.columns)
     schema = StructType([StructField(n, StringType(), True) for n in names])
@@ -329,10 +333,36 @@ def read(spark: Any, info: InputInfo, plan: Plan) -> Any:
         want = plan.types.get(name) or (info.columns[name] if info.columns[name] in _CSV_KEPT else None)
         if want is not None and want != "string":
             converted = cleaned.try_cast(SPARK_TYPES[want])
-            message = F.concat(F.lit(f"column '{name}' holds '"), cleaned, F.lit(f"', which is not a {want}"))
+            message = F.concat(F.lit(f"column '{name}' holds '"), cleaned, F.lit(f"', which is not a {want}"),
+                               _row_label(plan, F))
             cleaned = F.when(cleaned.isNotNull() & converted.isNull(), F.raise_error(message)).otherwise(converted)
+        if name in plan.types:
+            cleaned = _required(cleaned, name, plan)
         cols.append(cleaned.alias(name))
     return df.select(*cols)
+
+
+def _row_label(plan: Plan, F: Any) -> Any:
+    """`` (on the row with id=…)`` from the --id-columns, else nothing: which row failed."""
+    if not plan.ids:
+        return F.lit("")
+    parts = [F.concat(F.lit(f"{c}="), F.coalesce(F.col(f"`{c}`").cast("string"), F.lit("null"))) for c in plan.ids]
+    return F.concat(F.lit(" (on the row with "), F.concat_ws(", ", *parts), F.lit(")"))
+
+
+def _required(column: Any, name: str, plan: Plan) -> Any:
+    """A required whole-number feature that is missing fails the job with that column (and row).
+
+    pandas cannot hold a missing value in an integer column, so pyfunc refuses the whole batch with
+    a dump of it; this says which column and row instead.
+    """
+    from pyspark.sql import functions as F
+
+    if name not in plan.required or plan.types[name] not in INTEGER:
+        return column
+    message = F.concat(F.lit(f"column '{name}' is missing a value the model requires ({plan.types[name]})"),
+                       _row_label(plan, F))
+    return F.when(column.isNull(), F.raise_error(message)).otherwise(column)
 
 
 __all__ = ["CSV_NULLS", "InputInfo", "local_path", "PREDICTION", "Plan", "check", "inspect", "read"]

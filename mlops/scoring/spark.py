@@ -190,6 +190,9 @@ _PY_LAST = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Warning)): (.+)$")
 def job_error(exc: BaseException) -> str:
     """One line for a failed Spark job: the Python worker's own error, or Spark's message, no trace."""
     text = str(getattr(exc, "desc", None) or exc)
+    if "Failed to enforce schema" in text and "Error: " in text:  # pyfunc dumps the whole batch first
+        reason = text.rsplit("Error: ", 1)[1].strip().splitlines()[0]
+        return f"the model refused a batch of rows: {reason}"
     lines = [line.rstrip() for line in text.splitlines() if line.strip()]
     # A Python worker's traceback: its last "SomeError: message" line says what went wrong.
     if "Traceback (most recent call last)" in text:

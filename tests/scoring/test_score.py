@@ -219,13 +219,15 @@ def test_a_row_failing_inside_the_job_leaves_no_output_and_a_failed_run(spark, s
     rows = pd.read_csv(PENGUINS_CSV)
     rows = pd.concat([rows] * 80, ignore_index=True).astype({"bill_length_mm": object})
     rows.loc[len(rows) - 3, "bill_length_mm"] = "12,5mm"  # beyond what is read before Spark starts
+    rows.insert(0, "row_id", np.arange(len(rows)))
     rows.to_csv(tmp_path / "late.csv", index=False)
     assert (tmp_path / "late.csv").stat().st_size > 1 << 20
     before = {p.name for p in tmp_path.iterdir()}
     result = cli(store["uri"], "--input", str(tmp_path / "late.csv"), "--output", str(tmp_path / "out"),
-                 "--model", PENGUINS)
+                 "--model", PENGUINS, "--id-columns", "row_id")
     assert result.exit_code == 1
-    assert result.stderr.strip() == "error: scoring job failed: column 'bill_length_mm' holds '12,5mm', which is not a double"
+    assert result.stderr.strip() == ("error: scoring job failed: column 'bill_length_mm' holds '12,5mm', which is not "
+                                     f"a double (on the row with row_id={len(rows) - 3})")
     assert {p.name for p in tmp_path.iterdir()} == before  # no output, no partial folder left behind
     client = registry.get_client(store["uri"])
     training_exp = client.get_run(client.get_model_version(PENGUINS, "1").run_id).info.experiment_id
