@@ -8,7 +8,9 @@ nothing), writes a Parquet folder atomically and records a tracking run. The par
 - :mod:`mlops.scoring.inputs`: look at the input without Spark, check it against the signature,
   read it into Spark with the signature's types;
 - :mod:`mlops.scoring.output`: the atomic Parquet folder;
-- :mod:`mlops.scoring.spark`: the Spark session, progress, one-line job errors;
+- :mod:`mlops.scoring.probabilities`: ``--probabilities``, one column per class;
+- :mod:`mlops.scoring.spark`: the Spark session, progress, Ctrl-C, one-line job errors;
+- :mod:`mlops.scoring.daemon`: PySpark's worker daemon with MLflow imported before it forks;
 - :mod:`mlops.scoring.tracking`: the tracking run of a job;
 - :mod:`mlops.scoring.batch`: the job itself, in that order.
 
