@@ -111,7 +111,7 @@ def start_session(master: str | None, app_name: str, conf: dict[str, str], verbo
 class Progress:
     """Polls Spark's status tracker and reports (tasks done, tasks in all, stage id) of running stages."""
 
-    def __init__(self, spark: Any, report: Callable[[int, int], None] | None, interval: float = 0.5,
+    def __init__(self, spark: Any, report: Callable[[int, int], None] | None, interval: float = 0.25,
                  log_every: float = 15.0):
         self.tracker = spark.sparkContext.statusTracker()
         self.report = report

@@ -193,7 +193,7 @@ def test_version_stays_pinned_while_production_moves_mid_job(spark, store, tmp_p
     rows["row_id"] = np.arange(len(rows))
     src = tmp_path / "in"
     src.mkdir()
-    for i, part in enumerate(parts(rows, 8)):  # 8 tasks on 2 cores: several waves
+    for i, part in enumerate(parts(rows, 16)):  # 16 tasks on 2 cores: several waves
         part.to_parquet(src / f"part-{i}.parquet", index=False)
     moved = []
 
@@ -242,7 +242,7 @@ def test_ctrl_c_mid_job_cancels_it_and_leaves_no_output(spark, store, tmp_path):
     rows = pd.concat([breast_cancer_rows()] * 8, ignore_index=True)
     src = tmp_path / "in"
     src.mkdir()
-    for i, part in enumerate(parts(rows, 8)):
+    for i, part in enumerate(parts(rows, 16)):
         part.to_parquet(src / f"part-{i}.parquet", index=False)
     seen = []
 
