@@ -12,7 +12,6 @@ import argparse
 import contextlib
 import logging
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -23,14 +22,9 @@ from typing import NoReturn
 
 from training.data import BUNDLED, DataError, load_dataset, mlflow_dataset
 from training.evaluate import (
-    DEFAULT_GATE,
-    HIGHER_IS_BETTER,
     PRIMARY,
-    Condition,
     beats,
     evaluate,
-    metric_names,
-    parse_gate,
     plot_sample,
     predictions,
     save_plots,
@@ -52,6 +46,8 @@ from training.preprocess import (
     prepare_frame,
     warn_plan,
 )
+from training.registration import gate, gate_failure, production_metrics, promote, register
+from training.split import MIN_CLASS_ROWS, split, stratify_codes  # noqa: F401 - re-exported
 
 log = logging.getLogger("training")
 
@@ -176,99 +172,6 @@ def _pip_requirements() -> list[str]:
     return [f"{p}=={pkg_version(p)}" for p in pkgs]
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-            cwd=Path(__file__).resolve().parents[1],
-        )
-        return out.stdout.strip() or None if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _production_metrics(client, name: str, task: str, X_test, y_test):
-    """Metrics of the current Production version on this holdout, or (version or None, None)."""
-    import mlflow.pyfunc
-
-    from mlops.registry import PRODUCTION, stage_version
-
-    try:
-        client.get_registered_model(name)
-    except Exception:  # noqa: BLE001 - no model yet
-        return None, None
-    prod = stage_version(client, name, PRODUCTION)
-    if prod is None:
-        return None, None
-    prod_task = (prod.tags or {}).get("task", CLASSIFICATION)
-    if prod_task != task:
-        log.warning("Production v%s is a %s model and this is %s: not compared", prod.version, prod_task, task)
-        return prod, None
-    try:
-        model = mlflow.pyfunc.load_model(f"models:/{name}/{prod.version}", suppress_warnings=True)
-        raw = model.get_raw_model()
-        return prod, evaluate(raw, X_test, y_test, task)
-    except Exception as exc:  # noqa: BLE001 - comparison is informative, not required
-        log.warning("could not evaluate Production v%s on the holdout: %s", prod.version, str(exc).splitlines()[0])
-        return prod, None
-
-
-def _description(args, ds, digest, task, family, plan, classes, metrics, prod, prod_metrics,
-                 n_train, n_test) -> str:
-    """The version's Markdown description: data, task, columns, metrics (vs Production)."""
-    lines = [
-        f"**{family}** ({task}) trained on `{args.data if args.data == BUNDLED else ds.source}` "
-        f"(target `{ds.target}`, data digest `{digest}`): "
-        f"{n_train} training rows, {n_test} holdout rows (test_size={args.test_size}, seed={args.seed}).",
-    ]
-    if classes is not None:
-        lines.append(f"Classes: {', '.join(f'`{c}`' for c in classes)}.")
-    if ds.dropped_rows:
-        lines.append(f"{ds.dropped_rows} rows without a target were left out.")
-    if plan.dropped:
-        lines.append("Columns not used: " + "; ".join(f"`{c}` ({why})" for c, why in plan.dropped.items()) + ".")
-    lines += [
-        "",
-        "| metric | this version |" + (f" Production v{prod.version} |" if prod_metrics else ""),
-        "|---|---|" + ("---|" if prod_metrics else ""),
-    ]
-    for m in metric_names(task):
-        if m in metrics:
-            row = f"| {m} | {metrics[m]:.4f} |"
-            if prod_metrics and m in prod_metrics:
-                row += f" {prod_metrics[m]:.4f} |"
-            lines.append(row)
-    if prod is None:
-        lines += ["", "No Production version existed when this version was trained."]
-    elif prod_metrics is None:
-        lines += ["", f"Production v{prod.version} could not be evaluated on this holdout."]
-    return "\n".join(lines)
-
-
-def _gate(args, task: str) -> list[Condition]:
-    """The quality gate: accuracy >= min_accuracy for classification, plus ``--gate`` (or its default)."""
-    conditions = []
-    if task == CLASSIFICATION and args.min_accuracy > 0:
-        conditions.append(Condition("accuracy", ">=", args.min_accuracy))
-    conditions += parse_gate(args.gate or DEFAULT_GATE.get(task), task)
-    return conditions
-
-
-def _gate_failure(conditions: list[Condition], metrics: dict, args, run_id: str) -> str | None:
-    """The one-line reason the gate fails, or None when it passes."""
-    for c in conditions:
-        if c.holds(metrics):
-            continue
-        got = metrics.get(c.metric)
-        shown = "missing" if got is None else f"{got:.4f}"
-        if c.metric == "accuracy" and c.op == ">=" and c.value == args.min_accuracy:
-            why = f"accuracy {shown} < min_accuracy {args.min_accuracy:.4f}"
-        else:
-            why = f"{c.metric} {shown} does not satisfy {c}"
-        return f"quality gate failed: {why}; run {run_id} kept, nothing registered"
-    return None
-
-
 def _input_schema(X, plan):
     """Raw input columns with their real types, optional where the training data had gaps."""
     import pandas as pd
@@ -315,76 +218,10 @@ def _import_mlflow() -> threading.Thread:
     return thread
 
 
-def stratify_codes(y):
-    """Integer codes of the class labels in sorted order: ``train_test_split(stratify=...)`` draws
-    exactly the same split as with the labels (it sorts them into the same classes), without
-    sorting a million Python strings."""
-    import numpy as np
-    import pandas as pd
-
-    codes, _ = pd.factorize(np.asarray(y), sort=True)
-    return codes
-
-
-#: A class with fewer rows than this cannot be both trained on and measured on the holdout.
-MIN_CLASS_ROWS = 2
-
-
-def split(X, y, task: str, test_size: float, seed: int):
-    """(X_train, X_test, y_train, y_test): stratified for classification.
-
-    The rows of a class with fewer than ``MIN_CLASS_ROWS`` rows all go to the training rows (one
-    warning names those classes and their row counts): the model learns the class, and the holdout
-    never holds a class the model has not seen. The other rows are split stratified, as usual.
-    """
-    import pandas as pd
-    from sklearn.model_selection import train_test_split
-
-    from training.data import shown
-
-    def draw(X, y, stratify):
-        try:
-            return train_test_split(X, y, test_size=test_size, random_state=seed, stratify=stratify)
-        except ValueError as exc:  # e.g. a holdout smaller than the number of classes
-            raise DataError(f"cannot split {len(y)} rows into training and holdout rows "
-                            f"(test_size={test_size}): {str(exc).splitlines()[0]}") from None
-
-    if task != CLASSIFICATION:
-        return draw(X, y, None)
-    counts = y.value_counts()
-    rare = counts[counts < MIN_CLASS_ROWS]
-    if rare.empty:
-        return draw(X, y, stratify_codes(y))
-    keep = ~y.isin(rare.index).to_numpy()
-    if not keep.any():
-        raise DataError(f"every class of target '{y.name}' has fewer than {MIN_CLASS_ROWS} rows: "
-                        "nothing to measure on a holdout")
-    log.warning(
-        "classes with fewer than %d rows train the model but are not in the holdout (its metrics do not "
-        "measure them; roc_auc is undefined and not logged): %s", MIN_CLASS_ROWS,
-        ", ".join(f"{shown(c)} ({n} row{'s' if n != 1 else ''})" for c, n in rare.items()),
-    )
-    X_train, X_test, y_train, y_test = draw(X[keep], y[keep], stratify_codes(y[keep]))
-    return pd.concat([X_train, X[~keep]]), X_test, pd.concat([y_train, y[~keep]]), y_test
-
-
 def run(args: argparse.Namespace) -> int:
     """Train, log, gate, register and promote; return the exit code."""
     watch = Stopwatch()
-    ds = load_dataset(args.data, args.target)
-    watch.lap("read")
-    task, why = detect_task(ds.y, None if args.task == AUTO else args.task)
-    family = resolve_family(args.model, task)
-    conditions = _gate(args, task)
-    log.info("task: %s (%s); model family: %s", task, why, family)
-    plan = plan_columns(ds.X)
-    check_finite_features(ds.frame, plan)  # before the plan's warnings: one error line
-    warn_plan(plan)
-    if not plan.used:
-        raise DataError("no usable feature column: " + "; ".join(f"{c}: {w}" for c, w in plan.dropped.items()))
-    X, y = prepare_frame(ds.X, plan), ds.y
-    if task != CLASSIFICATION:
-        y = y.astype(float)
+    ds, task, why, family, conditions, plan, X, y = _screen(args, watch)
     watch.lap("screen")
 
     import mlflow
@@ -437,22 +274,7 @@ def run(args: argparse.Namespace) -> int:
 
         model = build_model(family, hp, args.seed, task, plan)
         _preload()
-        with _threads_for(len(X_train)):
-            t0 = time.perf_counter()
-            model.fit(X_train, y_train)
-            train_time = time.perf_counter() - t0
-            watch.lap("fit")
-            preds = predictions(model, X_test, task)
-            metrics = evaluate(model, X_test, y_test, task, preds)
-            watch.lap("metrics")
-            mlflow.log_metrics({**metrics, "training_time_s": train_time})
-            log.info("holdout metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-
-            with tempfile.TemporaryDirectory() as tmp:
-                for path in save_plots(model, X_test, y_test, columns, Path(tmp), task, args.seed,
-                                       preds=preds):
-                    mlflow.log_artifact(str(path), artifact_path="plots")
-            watch.lap("plots")
+        metrics = _fit_and_evaluate(model, X_train, y_train, X_test, y_test, task, columns, args.seed, watch)
 
         classes = [c.item() if hasattr(c, "item") else c for c in model.classes_] if task == CLASSIFICATION else None
         info = mlflow.sklearn.log_model(
@@ -465,66 +287,20 @@ def run(args: argparse.Namespace) -> int:
         )
         watch.lap("log_model")
 
-        failure = _gate_failure(conditions, metrics, args, run_id)
+        failure = gate_failure(conditions, metrics, args, run_id)
         mlflow.set_tags({"mlops.gate": "failed" if failure else "passed", "mlops.model_type": family,
                          "mlops.task": task, "mlops.gate_conditions": ",".join(map(str, conditions)) or "-"})
         if failure:
             raise GateFailed(failure)
 
-        prod, prod_metrics = _production_metrics(client, args.model_name, task, X_test, y_test)
-        try:
-            client.get_registered_model(args.model_name)
-        except Exception:  # noqa: BLE001 - first version of this model
-            kind = "Classifier" if task == CLASSIFICATION else "Regressor"
-            client.create_registered_model(
-                args.model_name, description=f"{kind} trained by the `train` entry point on {ds.name}."
-            )
-        shown = ("accuracy", "f1", "roc_auc") if task == CLASSIFICATION else ("rmse", "mae", "r2")
-        tags = {
-            "data_digest": digest,
-            "data_source": ds.source,
-            "model_type": family,
-            "task": task,
-            "target": ds.target,
-            "gate": "passed",
-            **{m: f"{metrics[m]:.4f}" for m in shown if m in metrics},
-        }
-        if classes is not None:
-            tags["classes"] = ",".join(map(str, classes))[:5000]
-        commit = _git_commit()
-        if commit:
-            tags["git_commit"] = commit
-        mv = client.create_model_version(
-            args.model_name,
-            source=info.model_uri,
-            run_id=run_id,
-            model_id=info.model_id,
-            tags=tags,
-            description=_description(args, ds, digest, task, family, plan, classes, metrics, prod,
-                                     prod_metrics, len(X_train), len(X_test)),
-        )
+        prod, prod_metrics = production_metrics(client, args.model_name, task, X_test, y_test)
+        mv = register(client, args, ds, info, run_id, digest, task, family, plan, classes, metrics, prod,
+                       prod_metrics, (len(X_train), len(X_test)))
         mlflow.set_tag("mlops.registered_version", mv.version)
         watch.lap("register")
         log.info("registered %s version %s", args.model_name, mv.version)
 
-    promoted = None
-    if args.promote in ("staging", "production"):
-        stage = registry.STAGING if args.promote == "staging" else registry.PRODUCTION
-        registry.promote(client, args.model_name, mv.version, stage, reason=f"train run {run_id}")
-        promoted = stage
-    elif args.promote == "auto":
-        if beats(metrics, prod_metrics, task):
-            registry.promote(
-                client, args.model_name, mv.version, registry.PRODUCTION,
-                reason=f"auto: beats Production v{prod.version}" if prod else "auto: first Production version",
-            )
-            promoted = registry.PRODUCTION
-        else:
-            direction = "higher" if HIGHER_IS_BETTER[primary] else "lower"
-            log.info(
-                "not promoted: v%s %s %.4f does not beat Production v%s (%.4f, %s is better) on the same holdout",
-                mv.version, primary, metrics[primary], prod.version, prod_metrics[primary], direction,
-            )
+    promoted = promote(client, args, mv.version, run_id, metrics, prod, prod_metrics, task)
     watch.lap("promote")
     log.info("timing (wall/cpu s): %s", watch.summary())
     log.info(
@@ -532,6 +308,50 @@ def run(args: argparse.Namespace) -> int:
         f", now in {promoted}" if promoted else "",
     )
     return 0
+
+
+def _screen(args: argparse.Namespace, watch: Stopwatch):
+    """Read the table, detect the task, pick the family and the gate, plan and prepare the columns."""
+    ds = load_dataset(args.data, args.target)
+    watch.lap("read")
+    task, why = detect_task(ds.y, None if args.task == AUTO else args.task)
+    family = resolve_family(args.model, task)
+    conditions = gate(args, task)
+    log.info("task: %s (%s); model family: %s", task, why, family)
+    plan = plan_columns(ds.X)
+    check_finite_features(ds.frame, plan)  # before the plan's warnings: one error line
+    warn_plan(plan)
+    if not plan.used:
+        raise DataError("no usable feature column: " + "; ".join(f"{c}: {w}" for c, w in plan.dropped.items()))
+    X, y = prepare_frame(ds.X, plan), ds.y
+    if task != CLASSIFICATION:
+        y = y.astype(float)
+    return ds, task, why, family, conditions, plan, X, y
+
+
+def _fit_and_evaluate(model, X_train, y_train, X_test, y_test, task: str, columns: list[str], seed: int,
+                      watch: Stopwatch) -> dict[str, float]:
+    """Fit, score the holdout, log the metrics and plots (one thread for small tables); the metrics."""
+    import mlflow
+
+    with _threads_for(len(X_train)):
+        t0 = time.perf_counter()
+        model.fit(X_train, y_train)
+        train_time = time.perf_counter() - t0
+        watch.lap("fit")
+        preds = predictions(model, X_test, task)
+        metrics = evaluate(model, X_test, y_test, task, preds)
+        watch.lap("metrics")
+        mlflow.log_metrics({**metrics, "training_time_s": train_time})
+        log.info("holdout metrics: %s", ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+
+        with tempfile.TemporaryDirectory() as tmp:
+            for path in save_plots(model, X_test, y_test, columns, Path(tmp), task, seed,
+                                   preds=preds):
+                mlflow.log_artifact(str(path), artifact_path="plots")
+        watch.lap("plots")
+
+    return metrics
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -229,16 +229,58 @@ def backup(client: MlflowClient, out: Path | None = None, models: list[str] | No
 
 def _backup(client: MlflowClient, out: Path | None, models: list[str] | None, opts: BackupOptions) -> BackupResult:
     """List what to back up, download it into a staging folder, pack the archive."""
-    backend_store_uri, artifacts_destination, workers = opts.backend_store_uri, opts.artifacts_destination, opts.workers
     out = Path(out) if out else default_path()
     if out.exists() and out.is_dir():
         raise BackupError(f"--out is a directory: {out}")
     uri = client.tracking_uri
     warnings_: list[str] = []
     names = source.select_models(client, models)
-    db_uri = backend_store_uri or (uri if source.is_sql(uri) else None)
+    db_uri = opts.backend_store_uri or (uri if source.is_sql(uri) else None)
     counters = source.db_max_versions(db_uri) if db_uri else None
+    model_records, lm_ids, sources, runs = _list_models(client, names, counters, warnings_)
+    lm_objs = _logged_models(client, lm_ids, runs, opts.workers)
+    histories = source.bulk_histories(client, runs)
+    direct = _direct_store(opts.artifacts_destination, uri, lm_objs, runs)
 
+    parent = out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging_mod.clean_stale(parent)
+    staging = Path(tempfile.mkdtemp(prefix=f"{staging_mod.STAGING_PREFIX}{os.getpid()}-", dir=parent))
+    try:
+        runs, lms = _collect(client, staging, runs, histories, lm_objs, sources, opts, direct)
+        _describe_model_files(staging, model_records, warnings_)
+        experiments = source.experiments(client, {r["experiment_id"] for r in runs.values()} | {
+            lm["experiment_id"] for lm in lms.values()})
+        meta = {
+            "backup_id": uuid.uuid4().hex,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "mlflow_version": mlflow.__version__,
+            "source_tracking_uri": config.redact_uri(uri),
+            "models": [r["name"] for r in model_records],
+            "counts": {
+                "models": len(model_records), "versions": sum(len(r["versions"]) for r in model_records),
+                "runs": len(runs), "logged_models": len(lms), "sources": len(sources),
+            },
+        }
+        _write_json(staging / layout.REGISTRY_NAME, {
+            **{k: meta[k] for k in ("backup_id", "created", "mlflow_version", "source_tracking_uri")},
+            "models": model_records, "experiments": experiments,
+        })
+        manifest = archive.write_archive(staging, out, meta)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return BackupResult(
+        path=out, models=[r["name"] for r in model_records],
+        versions=meta["counts"]["versions"],
+        deleted_versions=sum(len(r["deleted_versions"]) for r in model_records),
+        runs=len(runs), logged_models=len(lms), files=len(manifest["files"]) + 1,
+        size=out.stat().st_size, sha256=archive.sha256_file(out), warnings=warnings_,
+    )
+
+
+def _list_models(client: MlflowClient, names: list[str], counters: dict | None,
+                 warnings_: list[str]) -> tuple[list[dict], set[str], dict[str, str], dict]:
+    """The model records with their versions; the logged model ids, plain sources and runs they name."""
     listed = []
     for name in names:
         rm = registry.get_model(client, name)
@@ -269,8 +311,11 @@ def _backup(client: MlflowClient, out: Path | None, models: list[str] | None, op
                 raise BackupError(f"{name} v{mv.version} has no source to back up")
             rec["versions"].append(layout.version_record(mv, src, rec["aliases"]))
         model_records.append(rec)
+    return model_records, lm_ids, sources, runs
 
-    # Logged models name their source run: back those runs up too.
+
+def _logged_models(client: MlflowClient, lm_ids: set[str], runs: dict, workers: int) -> dict:
+    """The logged models by id; their source runs are added to ``runs`` (backed up too)."""
     lm_objs = source.fetch_logged_models(client, lm_ids, {r.info.experiment_id for r in runs.values()})
     lm_objs.update(source.parallel_get(client.get_logged_model, lm_ids - set(lm_objs), workers, "logged model"))
     extra = {lm.source_run_id for lm in lm_objs.values() if lm.source_run_id} - set(runs)
@@ -279,57 +324,32 @@ def _backup(client: MlflowClient, out: Path | None, models: list[str] | None, op
             runs.update(source.fetch_runs(client, extra))
         except MlflowException as exc:
             log.warning("source run of a logged model cannot be read (%s); it is left out", exc.message)
-    histories = source.bulk_histories(client, runs)
-    direct = None
-    if artifacts_destination:
-        direct = DirectStore(artifacts_destination)
-        samples = [lm.artifact_location for lm in lm_objs.values()] + [r.info.artifact_uri for r in runs.values()]
-        if not direct.check(uri, [s for s in samples if direct.uri_for(s) is not None]):
-            log.warning("no proxied artifacts to compare with %s: reading artifacts through the server",
-                        direct.destination)
-            direct = None
+    return lm_objs
 
-    parent = out.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    staging_mod.clean_stale(parent)
-    staging = Path(tempfile.mkdtemp(prefix=f"{staging_mod.STAGING_PREFIX}{os.getpid()}-", dir=parent))
-    try:
-        runs, lms = _collect(client, staging, runs, histories, lm_objs, sources, opts, direct)
-        hashed: dict[Path, dict[str, str]] = {}
-        for rec in model_records:
-            for v in rec["versions"]:
-                v["signature"] = _signature(staging / layout.model_dir(v))
-                v["model_files"] = _model_files(staging, v, hashed)
-                if "MLmodel" not in v["model_files"]:
-                    warnings_.append(f"{rec['name']} v{v['version']}: its source {v['source']} holds no MLmodel; "
-                                     "it cannot be loaded here nor after a restore")
-        experiments = source.experiments(client, {r["experiment_id"] for r in runs.values()} | {
-            lm["experiment_id"] for lm in lms.values()})
-        meta = {
-            "backup_id": uuid.uuid4().hex,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "mlflow_version": mlflow.__version__,
-            "source_tracking_uri": config.redact_uri(uri),
-            "models": [r["name"] for r in model_records],
-            "counts": {
-                "models": len(model_records), "versions": sum(len(r["versions"]) for r in model_records),
-                "runs": len(runs), "logged_models": len(lms), "sources": len(sources),
-            },
-        }
-        _write_json(staging / layout.REGISTRY_NAME, {
-            **{k: meta[k] for k in ("backup_id", "created", "mlflow_version", "source_tracking_uri")},
-            "models": model_records, "experiments": experiments,
-        })
-        manifest = archive.write_archive(staging, out, meta)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return BackupResult(
-        path=out, models=[r["name"] for r in model_records],
-        versions=meta["counts"]["versions"],
-        deleted_versions=sum(len(r["deleted_versions"]) for r in model_records),
-        runs=len(runs), logged_models=len(lms), files=len(manifest["files"]) + 1,
-        size=out.stat().st_size, sha256=archive.sha256_file(out), warnings=warnings_,
-    )
+
+def _direct_store(destination: str | None, uri: str, lm_objs: dict, runs: dict) -> DirectStore | None:
+    """The artifact store read directly, when the server's proxied artifacts are found there."""
+    if not destination:
+        return None
+    direct = DirectStore(destination)
+    samples = [lm.artifact_location for lm in lm_objs.values()] + [r.info.artifact_uri for r in runs.values()]
+    if not direct.check(uri, [s for s in samples if direct.uri_for(s) is not None]):
+        log.warning("no proxied artifacts to compare with %s: reading artifacts through the server",
+                    direct.destination)
+        return None
+    return direct
+
+
+def _describe_model_files(staging: Path, model_records: list[dict], warnings_: list[str]) -> None:
+    """Each version's signature and file digests, read from what was staged."""
+    hashed: dict[Path, dict[str, str]] = {}
+    for rec in model_records:
+        for v in rec["versions"]:
+            v["signature"] = _signature(staging / layout.model_dir(v))
+            v["model_files"] = _model_files(staging, v, hashed)
+            if "MLmodel" not in v["model_files"]:
+                warnings_.append(f"{rec['name']} v{v['version']}: its source {v['source']} holds no MLmodel; "
+                                 "it cannot be loaded here nor after a restore")
 
 
 def _model_files(staging: Path, v: dict, cache: dict[Path, dict[str, str]]) -> dict[str, str]:
