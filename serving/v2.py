@@ -89,25 +89,7 @@ def blueprint(manager: ModelManager, settings: Settings, hooks: Hooks) -> Bluepr
     bp = Blueprint("v2", __name__)
     server_version = _server_version()
 
-    @bp.errorhandler(InputError)
-    def _input_error(exc: InputError) -> Response:
-        headers = {"Retry-After": "1"} if exc.status == 503 else None
-        return _error(exc.message, exc.status, headers)
-
-    @bp.errorhandler(HTTPException)
-    def _http_error(exc: HTTPException) -> Response:
-        status = exc.code or 500
-        message = exc.description or exc.name
-        if status == 413:
-            message = f"request body is larger than the limit (MAX_BODY_BYTES = {settings.max_body_bytes})"
-        return _error(message, status)
-
-    @bp.errorhandler(Exception)
-    def _unexpected(exc: Exception) -> Response:
-        rid = getattr(g, "rid", "-")
-        log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc,
-                  extra={"fields": {"request_id": rid}})
-        return _error(f"internal error (request id {rid}); see the service log", 500)
+    _error_handlers(bp, settings)
 
     def denied() -> Response | None:
         resp = hooks.api_denied()
@@ -185,6 +167,30 @@ def blueprint(manager: ModelManager, settings: Settings, hooks: Hooks) -> Bluepr
         return _json(payload, 200, {"X-Model-Version": rt.version})
 
     return bp
+
+
+def _error_handlers(bp: Blueprint, settings: Settings) -> None:
+    """Every V2 failure as ``{"error": message}`` with its status (never a traceback)."""
+
+    @bp.errorhandler(InputError)
+    def _input_error(exc: InputError) -> Response:
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return _error(exc.message, exc.status, headers)
+
+    @bp.errorhandler(HTTPException)
+    def _http_error(exc: HTTPException) -> Response:
+        status = exc.code or 500
+        message = exc.description or exc.name
+        if status == 413:
+            message = f"request body is larger than the limit (MAX_BODY_BYTES = {settings.max_body_bytes})"
+        return _error(message, status)
+
+    @bp.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        rid = getattr(g, "rid", "-")
+        log.error("unhandled error on %s %s", request.method, request.path, exc_info=exc,
+                  extra={"fields": {"request_id": rid}})
+        return _error(f"internal error (request id {rid}); see the service log", 500)
 
 
 def _check_content_type() -> None:
