@@ -1,24 +1,31 @@
-"""The gunicorn worker of the prediction service: ``gthread`` with a deadline on reading a request.
+"""The gunicorn worker of the prediction service: ``gthread`` with request heads read by the main
+loop and a deadline on reading a request.
 
-gunicorn's ``gthread`` worker hands a new connection to a thread once its first bytes arrive
-(it waits up to 5 s on the poller before that). From then on the thread reads the request line,
-the headers and, through the app, the body with blocking reads that have no timeout: a client
-that sends ``POST /invocations HTTP/1.1`` and stops holds that thread for as long as it keeps the
-connection open. With one thread per worker that is the whole worker.
+gunicorn's ``gthread`` worker hands a new connection to a thread once its first bytes arrive; the
+thread then reads the request line and headers with blocking reads, so a client that sends
+``POST /invocations HTTP/1.1`` and stops holds that thread (slowloris: as many such clients as
+threads stop the service). Here the worker's main loop reads each request head without blocking
+(new connections and keep-alive ones alike) and hands the connection to a thread only once the
+head is complete: an unfinished head costs no thread, and is dropped once ``READ_TIMEOUT_S`` has
+passed since the connection was taken.
 
-This worker gives every request a read deadline (``READ_TIMEOUT_S``, counted from the moment a
-thread takes the connection): each read waits at most for what is left of it, and once it has
-passed the connection reads as closed. A stalled or trickling client then costs one thread for
-at most the deadline; gunicorn drops it quietly (a debug line), or the app answers 400/408 when
-the stall was in the body. Writes are not bounded by the deadline (predictions may take longer
-than a read). Closing a connection never waits on the client either (see ``DeadlineConn.close``).
+The thread then gives the rest of the request (the body, through the app) a read deadline
+(``READ_TIMEOUT_S`` again, counted from the moment it takes the connection): each read waits at
+most for what is left of it, and once it has passed the connection reads as closed. A client that
+stalls in its body costs one thread for at most the deadline; the app answers 400/408. Writes
+are not bounded by the deadline (predictions may take longer than a read). Closing a connection
+never waits on the client either (see ``DeadlineConn.close``). Requests gunicorn refuses itself
+(an unparsable request line or headers) answer JSON like every error of the service.
 """
 
 from __future__ import annotations
 
+import errno
 import json
+import selectors
 import socket
 import time
+from functools import partial
 
 from gunicorn import util as gunicorn_util
 from gunicorn.http.unreader import SocketUnreader
@@ -61,6 +68,9 @@ class DeadlineConn(TConn):
     """A connection whose every request must be read within ``read_timeout_s``."""
 
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
+    #: the bytes of the request head read by the main loop, handed to the parser in ``init``
+    head: bytes = b""
+    head_deadline: float = 0.0
 
     def init(self) -> None:
         """Called by the worker thread each time it takes the connection (new or keep-alive)."""
@@ -71,6 +81,9 @@ class DeadlineConn(TConn):
         if isinstance(unreader, DeadlineUnreader):
             unreader.deadline = time.monotonic() + self.read_timeout_s
             unreader.expired = unreader.abandoned = False
+        if self.head and unreader is not None:
+            unreader.unread(self.head)
+        self.head = b""
 
     def close(self, graceful: bool = False) -> None:
         """Close without waiting on the client.
@@ -110,12 +123,78 @@ class ServingWorker(ThreadWorker):
 
     read_timeout_s: float = DEFAULT_READ_TIMEOUT_S
     _busy: int = 0
+    _heads: list[DeadlineConn]
 
     def init_process(self) -> None:
-        """In the worker, after the fork: gunicorn's own refusals (a request line or headers it
-        cannot parse) answer JSON like every other error of the service, not an HTML page."""
+        """In the worker, after the fork (then gunicorn runs the worker's loop): no request head
+        is being read yet; gunicorn's own refusals (a request line or headers it cannot parse)
+        answer JSON like every other error of the service, not an HTML page."""
+        self._heads = []
         gunicorn_util.write_error = write_json_error
         super().init_process()
+
+    # -- the request head is read by the main loop, not by a thread --------------------------------
+
+    def accept(self, listener) -> None:
+        """A new connection waits on the poller until its request head is complete."""
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = DeadlineConn(self.cfg, client_sock, client_addr, listener.getsockname())
+        conn.read_timeout_s = self.read_timeout_s
+        self._collect_head(conn)
+
+    def on_client_socket_readable(self, conn: TConn, client) -> None:
+        """A keep-alive connection woke up: read its next request head on the poller too."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        self._collect_head(conn)
+
+    def _collect_head(self, conn: DeadlineConn) -> None:
+        conn.head = b""
+        conn.head_deadline = time.monotonic() + self.read_timeout_s
+        conn.sock.setblocking(False)
+        self._heads.append(conn)
+        self.poller.register(conn.sock, selectors.EVENT_READ, partial(self._on_head_bytes, conn))
+
+    def _on_head_bytes(self, conn: DeadlineConn, sock: socket.socket) -> None:
+        """Bytes of a request head arrived: once it is complete (or large), hand it to a thread."""
+        try:
+            data = sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client went away before its request was complete
+            self._drop_head(conn)
+            return
+        conn.head += data
+        if b"\r\n\r\n" in conn.head or b"\n\n" in conn.head or len(conn.head) >= HEAD_HANDOFF_BYTES:
+            self.poller.unregister(sock)
+            self._heads.remove(conn)
+            conn.data_ready = True
+            self.enqueue_req(conn)
+
+    def _drop_head(self, conn: DeadlineConn) -> None:
+        try:
+            self.poller.unregister(conn.sock)
+        except (OSError, KeyError, ValueError):
+            pass
+        self._heads.remove(conn)
+        self.nr_conns -= 1
+        conn.close()
+
+    def murder_pending(self) -> None:
+        """Each turn of the main loop: also drop connections whose head did not arrive in time."""
+        super().murder_pending()
+        now = time.monotonic()
+        for conn in [c for c in self._heads if c.head_deadline <= now]:
+            self.log.debug("request head not complete within READ_TIMEOUT_S: connection dropped")
+            self._drop_head(conn)
 
     def enqueue_req(self, conn: TConn) -> None:
         """Submit the connection to a thread, as a DeadlineConn."""
@@ -164,6 +243,10 @@ def abandon_body(environ: dict) -> None:
     if unreader is not None:
         unreader.abandoned = True
 
+
+#: a request head this large goes to a thread even before it ends (the parser then applies
+#: gunicorn's own limits on the request line and headers)
+HEAD_HANDOFF_BYTES = 64 * 1024
 
 #: error codes of the refusals gunicorn makes before the app sees a request
 GUNICORN_CODES = {400: "BAD_REQUEST", 403: "FORBIDDEN", 417: "EXPECTATION_FAILED", 431: "HEADERS_TOO_LARGE",

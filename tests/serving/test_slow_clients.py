@@ -173,6 +173,27 @@ def test_stalled_clients_are_dropped_after_the_read_deadline(served):
     assert probe(served.url, example_body(), n=4) == (4, 4)
 
 
+HEAD_PARTIALS = [p for p in PARTIALS if b"\r\n\r\n" not in p]  # never a complete request head
+
+
+def test_many_unfinished_request_heads_take_no_thread(served):
+    """Five times as many connections as threads, each sending part of a request line or headers
+    and then nothing (slowloris): every other client is still answered at once."""
+    body = example_body()
+    stalled = [stall(served.port, HEAD_PARTIALS[i % len(HEAD_PARTIALS)]) for i in range(5 * WORKERS * THREADS)]
+    try:
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        health, predictions = probe(served.url, body, n=16, timeout=3.0)
+        took = time.monotonic() - t0
+        assert (health, predictions) == (16, 16), (health, predictions)
+        assert took < READ_TIMEOUT_S, f"answered only after {took:.1f} s: the stalled heads held the threads"
+        assert all(still_open(s) for s in stalled), "answered only after the stalled clients were dropped"
+    finally:
+        for s in stalled:
+            s.close()
+
+
 BAD_CHUNKED = {
     "invalid chunk size": b"zz\r\n{}\r\n0\r\n\r\n",
     "chunk size with a sign": b"-5\r\nhello\r\n0\r\n\r\n",
