@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import sys
 import tempfile
@@ -164,7 +165,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--test-size must be between 0 and 1, got {args.test_size}")
     if not 0.0 <= args.min_accuracy <= 1.0:
         p.error(f"--min-accuracy must be between 0 and 1, got {args.min_accuracy}")
+    for flag, value, low, inclusive in _hyperparameter_bounds(args):
+        if not math.isfinite(value) or value < low or (value == low and not inclusive):
+            p.error(f"{flag} must be {'>=' if inclusive else '>'} {low:g}, got {value:g}")
     return args
+
+
+def _hyperparameter_bounds(args: argparse.Namespace) -> list[tuple[str, float, float, bool]]:
+    """(flag, value, lowest allowed, lowest included) of each hyperparameter scikit-learn checks."""
+    return [("--C", args.C, 0.0, False), ("--alpha", args.alpha, 0.0, True), ("--max-iter", args.max_iter, 1, True),
+            ("--n-estimators", args.n_estimators, 1, True), ("--max-depth", args.max_depth, 0, True),
+            ("--learning-rate", args.learning_rate, 0.0, False)]
 
 
 def _pip_requirements() -> list[str]:

@@ -17,6 +17,13 @@ from tests.helpers import ROOT, clean_env, run
         (["--promote", "later"], "argument --promote: invalid choice: 'later'"),
         (["--seed", "1.5"], "argument --seed: expected a whole number, got 1.5"),
         (["--test-size", "2"], "--test-size must be between 0 and 1"),
+        (["--C", "0"], "--C must be > 0, got 0"),
+        (["--C", "nan"], "--C must be > 0, got nan"),
+        (["--alpha", "-1"], "--alpha must be >= 0, got -1"),
+        (["--max-iter", "0"], "--max-iter must be >= 1, got 0"),
+        (["--n-estimators", "0"], "--n-estimators must be >= 1, got 0"),
+        (["--max-depth", "-2"], "--max-depth must be >= 0, got -2"),
+        (["--learning-rate", "-0.1"], "--learning-rate must be > 0, got -0.1"),
     ],
 )
 def test_bad_option_is_one_error_line_exit_2(tmp_path, args, message):
