@@ -6,10 +6,19 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+# pyspark (the `spark` extra) refuses to import its Spark Connect module, with sys.exit(0), when
+# __main__ looks like a doctest run: neither __spec__ nor __file__. A pytest-xdist worker's __main__
+# (execnet's) looks like that, and MLflow imports the module whenever it infers a signature. Real
+# processes (`mlflow run`, gunicorn, `mlops`) have a __main__ with one or the other.
+_main = sys.modules.get("__main__")
+if _main is not None and getattr(_main, "__spec__", None) is None and not hasattr(_main, "__file__"):
+    _main.__file__ = "<pytest-xdist worker>"
 
 for _var in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "SERVING_URL", "ADMIN_TOKEN", "API_TOKEN",
              "MODEL_NAME", "MODEL_STAGE", "MODEL_ALIAS"):
