@@ -122,6 +122,8 @@ def run(job: ScoreJob, progress: Callable[[int, int], None] | None = None) -> Sc
             out.commit(_manifest(job, pinned, info, rows_out, jr.run_id, master, seconds))
         except BaseException as exc:
             error = exc
+            if not spark.wait_idle(session):
+                log.warning("Spark tasks still running after the job ended; removing the partial output anyway")
             out.discard()
             raise
         finally:

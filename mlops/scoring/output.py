@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +49,14 @@ class Output:
         log.info("output %s complete", self.target)
 
     def discard(self) -> None:
-        """Remove the partial folder (a failed or interrupted job)."""
-        shutil.rmtree(self.partial, ignore_errors=True)
+        """Remove the partial folder (a failed or interrupted job), again if a task still finishing
+        writes into it meanwhile."""
+        for _ in range(5):
+            shutil.rmtree(self.partial, ignore_errors=True)
+            time.sleep(0.2)
+            if not self.partial.exists():
+                return
+        log.warning("could not remove %s: remove it by hand", self.partial)
 
 
 def prepare(path: str, overwrite: bool) -> Output:

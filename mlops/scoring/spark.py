@@ -182,6 +182,23 @@ def cancel_on_interrupt(spark: Any) -> Iterator[threading.Event]:
         signal.signal(signal.SIGINT, previous)
 
 
+def wait_idle(spark: Any, timeout: float = 60.0) -> bool:
+    """Wait until no job is active and no executor runs a task (a cancelled job's tasks may still
+    be writing for a moment); False if that did not happen within ``timeout`` seconds."""
+    sc = spark.sparkContext
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            busy = bool(sc.statusTracker().getActiveJobsIds()) or any(
+                e.numRunningTasks() for e in sc._jsc.sc().statusTracker().getExecutorInfos())
+        except Exception:  # noqa: BLE001 - a stopped context runs nothing
+            return True
+        if not busy:
+            return True
+        time.sleep(0.1)
+    return False
+
+
 _ERROR_CLASS = re.compile(r"^\[[A-Z_.]+\]\s*")
 _SQLSTATE = re.compile(r"\s*SQLSTATE: \w+\.?\s*$")
 _PY_LAST = re.compile(r"^([A-Za-z_][\w.]*(?:Error|Exception|Warning)): (.+)$")
@@ -210,4 +227,4 @@ def job_error(exc: BaseException) -> str:
     return first_line(exc)
 
 
-__all__ = ["DEFAULTS", "Progress", "active_session", "cancel_on_interrupt", "job_error", "start_session"]
+__all__ = ["DEFAULTS", "Progress", "active_session", "cancel_on_interrupt", "job_error", "start_session", "wait_idle"]
