@@ -138,6 +138,18 @@ def test_a_bad_csv_header_is_refused_as_written(tmp_path, bom, change, message):
     assert str(err.value) == message
 
 
+def test_a_header_one_name_short_of_its_rows_is_refused(tmp_path):
+    # pandas would take the first column (island) as the row index and shift every name one to the right.
+    path = tmp_path / "penguins.csv"
+    _penguins_with_header(path, lambda h: h[1:])
+    with pytest.raises(DataError) as err:
+        load_dataset(str(path), "island")
+    assert str(err.value) == ("the first data row has 8 values but the header names 7 columns: name every column in "
+                              "the header (a saved row index needs a name, or write the file with index=False)")
+    _penguins_with_header(path, lambda h: h)  # as written: fine
+    assert load_dataset(str(path), "species").X.shape[1] == 7
+
+
 def test_a_header_is_read_as_pandas_reads_it(tmp_path):
     # A BOM, blank lines before the header, a quoted name holding a comma and a name that only looks
     # like pandas' renaming of a duplicate: all fine.

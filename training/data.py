@@ -66,7 +66,9 @@ def load_dataset(path: str | None, target: str = "target") -> Dataset:
         suffix = p.suffix.lower()
         try:
             if suffix == ".csv":
-                check_header(csv_header(p))
+                header = csv_header(p)
+                check_header(header)
+                check_first_row(p, header)
                 frame = pd.read_csv(p)
             elif suffix in (".parquet", ".pq"):
                 frame = pd.read_parquet(p)
@@ -95,6 +97,24 @@ def csv_header(path: Path) -> list[str] | None:
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
     return None
+
+
+def check_first_row(path: Path, header: list[str] | None) -> None:
+    """DataError when the first data row has one value more than the header names: pandas would
+    silently take the first column as the row index and shift every name one column to the right."""
+    if header is None:
+        return
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            rows = (row for row in csv.reader(f) if row)
+            next(rows, None)  # the header
+            first = next(rows, None)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return
+    if first is not None and len(first) == len(header) + 1:
+        raise DataError(f"the first data row has {len(first)} values but the header names {len(header)} "
+                        "columns: name every column in the header (a saved row index needs a name, or "
+                        "write the file with index=False)")
 
 
 def check_header(names: list[str] | None, where: str = " of the header") -> None:
