@@ -33,6 +33,8 @@ import threading
 import time
 from pathlib import Path
 
+from mlops.stack.process import descendants, status_kib
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 MODEL = "bench-breast-cancer"
@@ -83,33 +85,6 @@ def plain(model_uri: str, src: str, dest: str) -> None:
     writer.close()
 
 
-def _status_kb(pid: int, key: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
-
-
-def _tree(root: int) -> list[int]:
-    children: dict[int, list[int]] = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{name}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(name))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
 def measure(cmd: list[str], env: dict[str, str]) -> dict:
     """Run ``cmd``; wall seconds and memory peaks (MiB) of its driver, JVM and Python workers."""
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -119,17 +94,17 @@ def measure(cmd: list[str], env: dict[str, str]) -> dict:
     def sample() -> None:
         while not stop.wait(0.05):
             workers = 0
-            for pid in _tree(proc.pid):
+            for pid in descendants(proc.pid):
                 try:
                     exe = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
                 except OSError:
                     continue
                 if pid == proc.pid:
-                    peaks["driver"] = max(peaks["driver"], _status_kb(pid, "VmHWM"))
+                    peaks["driver"] = max(peaks["driver"], status_kib(pid, "VmHWM"))
                 elif exe.endswith(b"java"):
-                    peaks["jvm"] = max(peaks["jvm"], _status_kb(pid, "VmHWM"))
+                    peaks["jvm"] = max(peaks["jvm"], status_kib(pid, "VmHWM"))
                 elif b"python" in exe:
-                    workers += _status_kb(pid, "VmRSS")
+                    workers += status_kib(pid, "VmRSS")
             peaks["workers"] = max(peaks["workers"], workers)
 
     t0 = time.perf_counter()

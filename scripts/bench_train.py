@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -43,6 +42,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from mlops.stack.process import descendants, status_kib  # noqa: E402 - after the path insert
 
 TARGET = "label"
 TIME_GOAL = 1.3
@@ -135,37 +136,6 @@ print(json.dumps({"read_s": t_read - t0, "fit_s": t_end - t_fit, "family": famil
 # --------------------------------------------------------------------------- measuring
 
 
-def _tree(root: int) -> list[int]:
-    """``root`` and its live descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 def measure(cmd: list[str], log_path: Path) -> dict:
     """Run ``cmd`` (in this fresh wrapper process): wall time, tree peak RSS, largest process."""
     peak = [0]
@@ -176,7 +146,7 @@ def measure(cmd: list[str], log_path: Path) -> dict:
 
         def sample() -> None:
             while not done.is_set():
-                peak[0] = max(peak[0], sum(_rss_kib(p) for p in _tree(proc.pid)))
+                peak[0] = max(peak[0], sum(status_kib(p, "VmRSS") for p in descendants(proc.pid)))
                 done.wait(SAMPLE_S)
 
         sampler = threading.Thread(target=sample, daemon=True)

@@ -21,8 +21,7 @@ import orjson
 
 from serving.errors import InputError  # noqa: F401 - re-exported: what every V2 mistake raises
 from serving.schema import ColumnSpec, InputSpec, ParsedInput, quoted_names
-from serving.v2_tensors import (  # noqa: F401 - bad, short, DATATYPES re-exported (serving.v2, openapi)
-    DATATYPES,
+from serving.v2_tensors import (
     FLOATS,
     INTS,
     NUMPY,

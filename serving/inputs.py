@@ -362,6 +362,10 @@ def _check_integer_columns(frame: Any, spec: InputSpec) -> None:
         if s.type not in ("long", "integer") or s.name not in frame or frame[s.name].dtype.kind == "i":
             continue
         values = frame[s.name].to_numpy()
+        if values.dtype.kind == "f":  # whole numbers in range, or missing: checked at once
+            present = values[~np.isnan(values)]
+            if (np.floor(present) == present).all() and (np.abs(present) < _INT_LIMIT).all():
+                continue
         for row, v in enumerate(values):
             if v is None or (isinstance(v, float) and v != v):
                 continue  # missing: checked above for a required column

@@ -247,7 +247,7 @@ def _v2_json(description: str, schema: str, headers: dict | None = None) -> dict
 
 def _v2(runtime, settings, security: list, unauthorized: dict) -> tuple[dict, dict]:
     """The V2 paths and their schemas: model name (and version) from what is served."""
-    from serving import codecs_v2
+    from serving import codecs_v2, v2_tensors
 
     spec = getattr(runtime, "spec", None) if runtime is not None else None
     version = getattr(runtime, "version", None)
@@ -336,7 +336,7 @@ def _v2(runtime, settings, security: list, unauthorized: dict) -> tuple[dict, di
                 "type": "object", "required": ["name", "shape", "datatype", "data"], "properties": {
                     "name": {"type": "string", **({"enum": names} if names else {})},
                     "shape": shape,
-                    "datatype": {"type": "string", "enum": list(codecs_v2.DATATYPES)},
+                    "datatype": {"type": "string", "enum": list(v2_tensors.DATATYPES)},
                     "parameters": parameters,
                     "data": tensor_data}}},
             "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {

@@ -22,6 +22,7 @@ from werkzeug.exceptions import HTTPException
 from serving import codecs_v2, inputs, v2_outputs
 from serving.errors import InputError
 from serving.http import json_response
+from serving.v2_tensors import bad, short
 
 if TYPE_CHECKING:
     from serving.manager import ModelManager
@@ -46,12 +47,8 @@ class Hooks:
     observe: Callable[..., None]
 
 
-def _json(payload: object, status: int = 200, headers: dict | None = None) -> Response:
-    return json_response(payload, status, headers)
-
-
 def _error(message: str, status: int, headers: dict | None = None) -> Response:
-    return _json({"error": message}, status, headers)
+    return json_response({"error": message}, status, headers)
 
 
 def _server_version() -> str:
@@ -104,12 +101,12 @@ def blueprint(manager: ModelManager, settings: Settings, hooks: Hooks) -> Bluepr
         rt = manager.current
         served_name = rt.name if rt is not None else settings.model_name
         if name != served_name:
-            raise InputError("NOT_FOUND", f"unknown model '{codecs_v2.short(name)}': this server serves "
+            raise InputError("NOT_FOUND", f"unknown model '{short(name)}': this server serves "
                                           f"'{served_name}'", 404)
         if rt is None:
             raise InputError("MODEL_NOT_READY", f"model '{served_name}' is not loaded yet; see /health", 503)
         if version is not None and version != rt.version:
-            raise InputError("NOT_FOUND", f"version '{codecs_v2.short(version)}' of model '{served_name}' is not "
+            raise InputError("NOT_FOUND", f"version '{short(version)}' of model '{served_name}' is not "
                                           f"served; the served version is {rt.version}", 404)
         return rt
 
@@ -118,17 +115,17 @@ def blueprint(manager: ModelManager, settings: Settings, hooks: Hooks) -> Bluepr
     @bp.get(PREFIX)
     @bp.get(PREFIX + "/")
     def server_metadata() -> Response:
-        return _json({"name": SERVER_NAME, "version": server_version, "extensions": []})
+        return json_response({"name": SERVER_NAME, "version": server_version, "extensions": []})
 
     @bp.get(PREFIX + "/health/live")
     def live() -> Response:
-        return _json({"live": True})
+        return json_response({"live": True})
 
     @bp.get(PREFIX + "/health/ready")
     def ready() -> Response:
         if manager.current is None:
-            return _json({"ready": False, "error": "no model loaded yet; see /health"}, 503, {"Retry-After": "1"})
-        return _json({"ready": True})
+            return json_response({"ready": False, "error": "no model loaded yet; see /health"}, 503, {"Retry-After": "1"})
+        return json_response({"ready": True})
 
     # -- model ------------------------------------------------------------------------------------
 
@@ -138,7 +135,7 @@ def blueprint(manager: ModelManager, settings: Settings, hooks: Hooks) -> Bluepr
         resp = denied()
         if resp is not None:
             return resp
-        return _json(v2_outputs.metadata(served(name, version)))
+        return json_response(v2_outputs.metadata(served(name, version)))
 
     @bp.get(PREFIX + "/models/<name>/ready")
     @bp.get(PREFIX + "/models/<name>/versions/<version>/ready")
@@ -148,8 +145,8 @@ def blueprint(manager: ModelManager, settings: Settings, hooks: Hooks) -> Bluepr
         except InputError as exc:
             if exc.status != 503:
                 raise
-            return _json({"name": name, "ready": False, "error": exc.message}, 503, {"Retry-After": "1"})
-        return _json({"name": rt.name, "ready": True})
+            return json_response({"name": name, "ready": False, "error": exc.message}, 503, {"Retry-After": "1"})
+        return json_response({"name": rt.name, "ready": True})
 
     @bp.post(PREFIX + "/models/<name>/infer")
     @bp.post(PREFIX + "/models/<name>/versions/<version>/infer")
@@ -164,7 +161,7 @@ def blueprint(manager: ModelManager, settings: Settings, hooks: Hooks) -> Bluepr
         result = rt.predict(req.parsed, with_proba=codecs_v2.PROBABILITIES in req.outputs)
         payload = v2_outputs.response(rt, req, result)
         hooks.observe(request.url_rule.rule, rt, result.rows, req.parsed.fmt)
-        return _json(payload, 200, {"X-Model-Version": rt.version})
+        return json_response(payload, 200, {"X-Model-Version": rt.version})
 
     return bp
 
@@ -196,7 +193,7 @@ def _error_handlers(bp: Blueprint, settings: Settings) -> None:
 def _check_content_type() -> None:
     """JSON only (a missing Content-Type is JSON: tritonclient sends none); 400 for binary data."""
     if request.headers.get("Inference-Header-Content-Length") is not None:
-        raise codecs_v2.bad("binary tensor data (Inference-Header-Content-Length) is not supported; send the "
+        raise bad("binary tensor data (Inference-Header-Content-Length) is not supported; send the "
                             "elements in JSON 'data' (tritonclient: binary_data=False)")
     ctype = request.headers.get("Content-Type")
     if not ctype:
@@ -206,5 +203,5 @@ def _check_content_type() -> None:
     except InputError:
         kind = None
     if kind != "json":
-        raise InputError("UNSUPPORTED_MEDIA_TYPE", f"unsupported Content-Type '{codecs_v2.short(ctype)}': "
+        raise InputError("UNSUPPORTED_MEDIA_TYPE", f"unsupported Content-Type '{short(ctype)}': "
                                                    "V2 inference takes application/json (UTF-8)", 415)

@@ -66,9 +66,9 @@ def load_dataset(path: str | None, target: str = "target") -> Dataset:
         suffix = p.suffix.lower()
         try:
             if suffix == ".csv":
-                header = csv_header(p)
+                header, first = csv_head(p)
                 check_header(header)
-                check_first_row(p, header)
+                check_first_row(header, first)
                 frame = pd.read_csv(p)
             elif suffix in (".parquet", ".pq"):
                 frame = pd.read_parquet(p)
@@ -85,33 +85,25 @@ def load_dataset(path: str | None, target: str = "target") -> Dataset:
     return ds
 
 
-def csv_header(path: Path) -> list[str] | None:
-    """The header cells of a CSV file as written, read as ``pd.read_csv`` reads them (UTF-8, a
-    BOM removed, blank lines before the header skipped); None when the csv module cannot read it
-    (pandas then reports the problem)."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            for row in csv.reader(f):
-                if row:
-                    return row
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None
-    return None
-
-
-def check_first_row(path: Path, header: list[str] | None) -> None:
-    """DataError when the first data row has one value more than the header names: pandas would
-    silently take the first column as the row index and shift every name one column to the right."""
-    if header is None:
-        return
+def csv_head(path: Path) -> tuple[list[str] | None, list[str] | None]:
+    """The header cells of a CSV file as written, and its first data row, read as ``pd.read_csv``
+    reads them (UTF-8, a BOM removed, blank lines skipped); None for what the csv module cannot
+    read (pandas then reports the problem)."""
+    head: list[list[str] | None] = [None, None]
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             rows = (row for row in csv.reader(f) if row)
-            next(rows, None)  # the header
-            first = next(rows, None)
+            for i in range(2):
+                head[i] = next(rows, None)
     except (OSError, UnicodeDecodeError, csv.Error):
-        return
-    if first is not None and len(first) == len(header) + 1:
+        pass
+    return head[0], head[1]
+
+
+def check_first_row(header: list[str] | None, first: list[str] | None) -> None:
+    """DataError when the first data row has one value more than the header names: pandas would
+    silently take the first column as the row index and shift every name one column to the right."""
+    if header is not None and first is not None and len(first) == len(header) + 1:
         raise DataError(f"the first data row has {len(first)} values but the header names {len(header)} "
                         "columns: name every column in the header (a saved row index needs a name, or "
                         "write the file with index=False)")

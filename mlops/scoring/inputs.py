@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mlops.scoring import BadInput
+from mlops.util import first_line
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def _inspect_parquet(root: Path) -> tuple[dict[str, str], int]:
         dataset = ds.dataset(str(root), format="parquet", partitioning="hive")
         rows = dataset.count_rows()
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the operator's to fix
-        raise BadInput(f"cannot read Parquet input {root}: {str(exc).splitlines()[0] if str(exc) else exc!r}") from None
+        raise BadInput(f"cannot read Parquet input {root}: {first_line(exc)}") from None
     return {f.name: _kind(f.type) for f in dataset.schema}, rows
 
 
@@ -176,7 +177,7 @@ def _first_block(file: Path) -> Any:
             return pa.Table.from_batches([], schema=reader.schema)
         return pa.Table.from_batches([batch])
     except pa.ArrowInvalid as exc:
-        text = str(exc).splitlines()[0] if str(exc) else "unreadable"
+        text = first_line(exc) if str(exc).strip() else "unreadable"
         if "Empty CSV file" in text:
             return None
         raise BadInput(f"cannot read CSV input {file}: {text}") from None

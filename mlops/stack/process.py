@@ -58,6 +58,39 @@ def proc_stat(pid: int) -> tuple[str, int, int] | None:
     fields = raw[raw.rindex(")") + 2:].split()
     return fields[0], int(fields[2]), int(fields[19])
 
+def descendants(root: int) -> list[int]:
+    """``root`` and every process below it (children, their children, ...), from /proc."""
+    children: dict[int, list[int]] = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (stat := proc_ppid(int(name))) is not None:
+            children.setdefault(stat, []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def proc_ppid(pid: int) -> int | None:
+    """The parent of ``pid`` from /proc, or None once it is gone."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def status_kib(pid: int, key: str) -> int:
+    """A KiB field of /proc/PID/status (``VmRSS``, ``VmHWM``); 0 once the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def has_tag(pid: int, tag: str) -> bool:
     """True if ``pid`` carries the stack tag ``tag``."""
     try:
