@@ -157,6 +157,18 @@ def _write_history(client: MlflowClient, name: str, entries: list[HistoryEntry])
     client.set_registered_model_tag(name, HISTORY_TAG, text)
 
 
+def append_history(client: MlflowClient, name: str, *, action: str, stage: str, from_version: str | None,
+                   to_version: str, reason: str = "") -> HistoryEntry:
+    """Append one entry to the promotion history (canary and shadow outcomes use it too)."""
+    entry = HistoryEntry(time=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                         user=env.MLOPS_USER.get() or _user(), action=action, stage=stage,
+                         from_version=from_version, to_version=str(to_version), reason=_clip(reason or ""))
+    entries = history(client, name)
+    entries.append(entry)
+    _write_history(client, name, entries)
+    return entry
+
+
 def _sync_aliases(client: MlflowClient, name: str) -> None:
     """Point each stage alias at the version holding that stage (delete it if none does)."""
     rm = get_model(client, name)

@@ -92,6 +92,8 @@ class ModelManager(HealthReport):
         self._reload_seen = 0.0
         self._db_stamp: tuple | None = None
         self._db_stamp_at = 0.0
+        #: the canary/shadow follower (serving.rollout.RolloutController), set by the app
+        self.rollout = None
 
     # -- thread -----------------------------------------------------------------------------------
 
@@ -164,7 +166,10 @@ class ModelManager(HealthReport):
         if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
             return {"swapped": False, "error": "another check is still running"}
         try:
-            return self._check(force)
+            result = self._check(force)
+            if self.rollout is not None:
+                self.rollout.follow(force)  # the candidate next to `current` (serving.rollout)
+            return result
         finally:
             self.checked = True
             self._lock.release()

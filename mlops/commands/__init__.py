@@ -16,6 +16,7 @@ COMMANDS = {
     "stack": "stack",
     "logs": "ops",
     "score": "score",
+    "canary": "rollout", "shadow": "rollout",
 }
 
 

@@ -1,0 +1,524 @@
+"""Canary and shadow inside one worker: follow the rollout in the registry, route, compare, judge.
+
+The registry holds the rollout (``mlops.rollout``: the tag and the ``canary``/``shadow`` alias).
+After every registry check the model poller calls :meth:`RolloutController.follow`, which loads the
+candidate next to Production (each worker keeps both versions in memory), publishes this worker's
+figures to a file under the model cache (shared by the workers of one replica), merges every
+worker's figures and judges them (``mlops.rollout.judge``): a breach withdraws the candidate, a
+window held with ``--auto-promote`` promotes it, through ``mlops.rollout.end``.
+
+Requests go through :meth:`RolloutController.predict` (always with ``Routes.predict_rows``, so
+batching applies to both versions):
+
+* **canary**: ``percent`` % of requests (stably per ``X-Routing-Key``) are answered by the
+  candidate; one it fails (raises, or is slower than ``timeout_ms``) is answered by Production and
+  counted as a candidate error;
+* **shadow**: Production answers; a sample is queued (bounded: dropped and counted when full) for
+  a background thread that predicts it on the candidate and records both predictions.
+
+Canary requests are compared with Production off the request path through the same queue.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import queue
+import random
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+from mlops import rollout as kernel
+from mlops.util import atomic_write, first_line
+
+log = logging.getLogger("serving.rollout")
+
+LATENCY_SAMPLES = 4000  # latencies kept per role and worker for p50/p99
+QUEUE_SIZE_ENV = "SHADOW_QUEUE_SIZE"
+DEFAULT_QUEUE_SIZE = 256
+CANDIDATE_THREADS = 4  # candidate predictions in flight per worker (a hung candidate holds at most these)
+FULL_CHECK_S = 30.0
+RETRY_LOAD_S = 30.0
+PUBLISH_EVERY_S = 0.25
+LOGGED_LABELS = 20
+
+
+class Figures:
+    """This worker's counts for one rollout (thread-safe; merged across workers by the judge)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.roles = {r: {"requests": 0, "errors": 0, "latency_ms": deque(maxlen=LATENCY_SAMPLES)}
+                      for r in ("production", "candidate")}
+        self.compared = {"n": 0, "equal": 0, "rel_diff_sum": 0.0, "kind": None}
+        self.dropped = 0
+
+    def observe(self, role: str, ms: float | None) -> None:
+        with self.lock:
+            r = self.roles[role]
+            r["requests"] += 1
+            if ms is None:
+                r["errors"] += 1
+            else:
+                r["latency_ms"].append(ms)
+
+    def compare(self, kind: str, n: int, equal: int, rel_diff_sum: float) -> None:
+        with self.lock:
+            c = self.compared
+            c["kind"] = kind
+            c["n"] += n
+            c["equal"] += equal
+            c["rel_diff_sum"] += rel_diff_sum
+
+    def drop(self) -> None:
+        with self.lock:
+            self.dropped += 1
+
+    def snapshot(self) -> dict:
+        with self.lock:
+            return {"roles": {k: {"requests": v["requests"], "errors": v["errors"],
+                                  "latency_ms": [round(x, 3) for x in v["latency_ms"]]} for k, v in self.roles.items()},
+                    "compared": dict(self.compared), "dropped": self.dropped}
+
+
+def merge(snapshots: list[dict]) -> dict:
+    """Sum the figures of several workers (the input of ``mlops.rollout.table``)."""
+    out = {"production": {"requests": 0, "errors": 0, "latency_ms": []},
+           "candidate": {"requests": 0, "errors": 0, "latency_ms": []},
+           "compared": {"n": 0, "equal": 0, "rel_diff_sum": 0.0, "kind": None}, "dropped": 0}
+    for snap in snapshots:
+        try:
+            for role in ("production", "candidate"):
+                r = snap["roles"][role]
+                out[role]["requests"] += int(r["requests"])
+                out[role]["errors"] += int(r["errors"])
+                out[role]["latency_ms"].extend(float(x) for x in r["latency_ms"])
+            c = snap["compared"]
+            out["compared"]["n"] += int(c["n"])
+            out["compared"]["equal"] += int(c["equal"])
+            out["compared"]["rel_diff_sum"] += float(c["rel_diff_sum"])
+            out["compared"]["kind"] = c.get("kind") or out["compared"]["kind"]
+            out["dropped"] += int(snap.get("dropped", 0))
+        except (KeyError, TypeError, ValueError) as exc:
+            log.warning("ignoring a malformed rollout figures file: %s", exc)
+    return out
+
+
+@dataclass
+class Active:
+    """What requests read (one reference, replaced whole): the running rollout and its candidate."""
+
+    rollout: kernel.Rollout
+    candidate: object  # serving.runtime.ModelRuntime
+    figures: Figures = field(default_factory=Figures)
+
+    @property
+    def threshold(self) -> int:
+        return int(self.rollout.percent * 100)  # of 10 000 buckets
+
+
+@dataclass
+class Job:
+    """A prediction to run off the request path and compare: ``other`` predicts the same rows."""
+
+    active: Active
+    other: object  # the runtime to predict on (the candidate for shadow, Production for canary)
+    reparse: Callable
+    answered_labels: object
+    answered_version: str
+    rid: str
+    shadow: bool
+
+
+def _routing_bucket(key: str) -> int:
+    return zlib.crc32(key.encode("utf-8", "replace")) % 10000
+
+
+def _kind(labels: np.ndarray, classes) -> str:
+    if classes is not None:
+        return "classification"
+    return "regression" if labels.dtype.kind == "f" else "classification"
+
+
+def _compare(a, b, classes) -> tuple[str, int, int, float]:
+    """(kind, rows, equal rows, sum of relative differences) of two label arrays."""
+    x, y = np.asarray(a), np.asarray(b)
+    n = min(len(x), len(y)) if x.ndim and y.ndim else 0
+    if n == 0:
+        return "classification", 0, 0, 0.0
+    x, y = x[:n], y[:n]
+    kind = _kind(y, classes)
+    if kind == "regression":
+        xf, yf = x.astype(float).reshape(n, -1), y.astype(float).reshape(n, -1)
+        rel = np.abs(xf - yf) / np.maximum(np.abs(yf), 1e-9)
+        return kind, n, int((rel.max(axis=1) == 0).sum()), float(rel.mean(axis=1).sum())
+    eq = (x.reshape(n, -1) == y.reshape(n, -1)).all(axis=1)
+    return kind, n, int(eq.sum()), 0.0
+
+
+def _labels_for_log(labels) -> list:
+    arr = np.asarray(labels)
+    return arr[:LOGGED_LABELS].tolist() if arr.ndim else [arr.tolist()]
+
+
+class RolloutController:
+    """One worker's view of the model's canary or shadow; ``state`` is what requests read."""
+
+    def __init__(self, manager, settings, metrics) -> None:
+        self.manager = manager
+        self.settings = settings
+        self.metrics = metrics.rollout
+        self.state: Active | None = None
+        self.last: kernel.Rollout | None = None  # the rollout the registry holds (running or ended)
+        self.error: str | None = None
+        self.figures_dir = Path(manager.cache.dir) / ".rollout"
+        self._seen_stamp: tuple | None = None
+        self._seen_at = 0.0
+        self._failed: dict[str, float] = {}
+        self._published_at = 0.0
+        self._gauge: tuple | None = None
+        self._pid: int | None = None
+        self._queue: queue.Queue | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._slots: threading.BoundedSemaphore | None = None
+        self.queue_size = _queue_size()
+
+    # -- following the registry (poller thread) -------------------------------------------------
+
+    def follow(self, force: bool = False) -> None:
+        """After a registry check: refresh the rollout, publish and judge this worker's figures."""
+        try:
+            self._ensure_threads()
+            if force or self._registry_changed():
+                self._refresh()
+            if self.state is not None:
+                self._publish_and_judge()
+        except Exception as exc:  # noqa: BLE001 - the poller must survive anything, requests go on
+            log.exception("rollout follow failed: %s", first_line(str(exc)))
+
+    def _registry_changed(self) -> bool:
+        uri = self.settings.tracking_uri
+        now = time.monotonic()
+        if not uri.startswith("sqlite:///"):
+            return True
+        db = uri[len("sqlite:///"):].split("?", 1)[0]
+        stamp = []
+        for path in (db, db + "-wal", db + "-journal"):
+            try:
+                st = os.stat(path)
+                stamp.append((st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                stamp.append(None)
+        stamp = tuple(stamp)
+        if stamp == self._seen_stamp and now - self._seen_at < FULL_CHECK_S:
+            return False
+        self._seen_stamp, self._seen_at = stamp, now
+        return True
+
+    def _refresh(self) -> None:
+        client = self.manager.client()
+        name = self.settings.model_name
+        try:
+            rm = client.get_registered_model(name)
+        except Exception as exc:  # noqa: BLE001 - unreachable: keep what we have
+            log.debug("rollout: registry not readable: %s", first_line(str(exc)))
+            self._seen_stamp = None
+            return
+        self.last = kernel.read(client, name, rm)
+        ro = kernel.active(client, name, rm)
+        cur = self.state
+        if ro is None:
+            if cur is not None:
+                self._set(None)
+            return
+        if cur is not None and cur.rollout.id == ro.id:
+            return
+        failed_at = self._failed.get(ro.id)
+        if failed_at is not None and time.monotonic() - failed_at < RETRY_LOAD_S:
+            return
+        candidate = self._load(ro.version)
+        if candidate is None:
+            self._failed[ro.id] = time.monotonic()
+            return
+        self.error = None
+        self._set(Active(ro, candidate))
+
+    def _load(self, version: str):
+        """The candidate runtime (downloaded once into the shared cache, loaded, smoke-tested)."""
+        from mlops import registry
+        from serving.manager import _identity
+        from serving.runtime import ModelRuntime
+
+        kept = self.manager.loaded.get(version)
+        if kept is not None:
+            return kept
+        try:
+            mv = registry.get_version(self.manager.client(), self.settings.model_name, version)
+            fetched = self.manager.cache.fetch(version, self.settings.tracking_uri, _identity(mv))
+            t0 = time.perf_counter()
+            runtime = ModelRuntime.load(fetched.path, self.manager._meta(mv), loaded_from="registry")
+        except Exception as exc:  # noqa: BLE001 - a candidate that cannot load is not routed to
+            self.error = f"candidate v{version} cannot be loaded: {first_line(str(exc))}"
+            log.error("rollout: %s; requests stay on Production", self.error,
+                      extra={"fields": {"event": "rollout_load_failed", "candidate_version": version}})
+            return None
+        log.info("rollout: candidate v%s loaded next to Production in %.2fs (path %s)", version,
+                 time.perf_counter() - t0, runtime.fast_path,
+                 extra={"fields": {"event": "rollout_candidate_loaded", "candidate_version": version}})
+        return runtime
+
+    def _set(self, active: Active | None) -> None:
+        old = self.state
+        self.state = active
+        if active is None:
+            self.metrics.set_state(None, None, 0, self._gauge)
+            self._gauge = None
+            if old is not None:
+                log.info("rollout: %s of v%s no longer routed here", old.rollout.mode, old.rollout.version,
+                         extra={"fields": {"event": "rollout_ended", "candidate_version": old.rollout.version}})
+            return
+        ro = active.rollout
+        self.metrics.set_state(ro.mode, ro.version, ro.percent, self._gauge)
+        self._gauge = (ro.mode, ro.version)
+        log.info("rollout: %s of v%s at %s%% routed here", ro.mode, ro.version, ro.percent,
+                 extra={"fields": {"event": "rollout_started", "mode": ro.mode, "candidate_version": ro.version,
+                                   "percent": ro.percent}})
+
+    # -- figures and judgement --------------------------------------------------------------------
+
+    def _dir(self, ro: kernel.Rollout) -> Path:
+        return self.figures_dir / ro.id
+
+    def _publish_and_judge(self) -> None:
+        act = self.state
+        now = time.monotonic()
+        if act is None or now - self._published_at < PUBLISH_EVERY_S:
+            return
+        self._published_at = now
+        folder = self._dir(act.rollout)
+        folder.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder / f"{os.getpid()}.json", orjson.dumps(act.figures.snapshot()))
+        figures = kernel.table(self.merged(act.rollout))
+        verdict, why = kernel.judge(act.rollout, figures)
+        if verdict == "breach":
+            self._end(act, kernel.WITHDRAWN, why, figures)
+        elif verdict == "hold" and act.rollout.auto_promote and act.rollout.mode == "canary":
+            self._end(act, kernel.PROMOTED, why, figures)
+
+    def merged(self, ro: kernel.Rollout) -> dict:
+        """Every worker's figures for ``ro`` (this replica), merged."""
+        snaps = []
+        folder = self._dir(ro)
+        for path in folder.glob("*.json") if folder.is_dir() else ():
+            try:
+                snaps.append(orjson.loads(path.read_bytes()))
+            except (OSError, ValueError) as exc:
+                log.warning("ignoring rollout figures %s: %s", path.name, exc)
+        return merge(snaps)
+
+    def _end(self, act: Active, state: str, why: str, figures: dict) -> None:
+        ro = act.rollout
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.figures_dir / "judge.lock", "a+b") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                return  # another worker of this replica is ending it
+            try:
+                ended = kernel.end(self.manager.client(), self.settings.model_name, ro.id, state, why,
+                                   {"figures": figures})
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        if ended is not None:
+            self.metrics.ended.labels(ro.mode, state).inc()
+            level = logging.ERROR if state == kernel.WITHDRAWN else logging.WARNING
+            log.log(level, "rollout: %s of v%s %s: %s", ro.mode, ro.version, state, why,
+                    extra={"fields": {"event": f"rollout_{state}", "mode": ro.mode, "candidate_version": ro.version,
+                                      "production_version": ro.production_version, "reason": why}})
+        self._set(None)
+        self._seen_stamp = None
+
+    def report(self) -> dict | None:
+        """The ``rollout`` section of /health: state, candidate and this replica's figures."""
+        act, last = self.state, self.last
+        ro = act.rollout if act is not None else last
+        if ro is None and self.error is None:
+            return None
+        out: dict = {"error": self.error}
+        if ro is not None:
+            out.update({"id": ro.id, "mode": ro.mode, "candidate_version": ro.version, "state": ro.state,
+                        "routed_here": act is not None, "percent": ro.percent, "reason": ro.reason,
+                        "production_version": ro.production_version, "queue_size": self.queue_size})
+            out["figures"] = kernel.table(self.merged(ro)) if act is not None else (ro.verdict or {}).get("figures")
+        return out
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def _ensure_threads(self) -> None:
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._queue = queue.Queue(maxsize=self.queue_size)
+        self._pool = ThreadPoolExecutor(max_workers=CANDIDATE_THREADS, thread_name_prefix="canary")
+        self._slots = threading.BoundedSemaphore(CANDIDATE_THREADS)
+        threading.Thread(target=self._compare_loop, name="rollout-compare", daemon=True).start()
+
+    def predict(self, predict_rows: Callable, production, parsed, with_proba: bool, reparse: Callable,
+                routing_key: str | None, rid: str):
+        """Answer one request: ``(runtime that answered, prediction)``; see the module docstring."""
+        act = self.state
+        if act is None or self._pid != os.getpid():
+            return production, predict_rows(production, parsed, with_proba)
+        ro = act.rollout
+        if ro.mode == "canary":
+            bucket = _routing_bucket(routing_key) if routing_key else random.randrange(10000)
+            if bucket < act.threshold:
+                answered = self._try_candidate(act, predict_rows, parsed, with_proba, reparse, rid)
+                if answered is not None:
+                    self._offer(Job(act, production, lambda _rt, p=parsed: p, answered.labels, act.candidate.version,
+                                    rid, shadow=False))
+                    return act.candidate, answered
+        t0 = time.perf_counter()
+        try:
+            result = predict_rows(production, parsed, with_proba)
+        except Exception:
+            act.figures.observe("production", None)
+            self.metrics.observe(production.version, "production", None)
+            raise
+        seconds = time.perf_counter() - t0
+        act.figures.observe("production", seconds * 1000)
+        self.metrics.observe(production.version, "production", seconds)
+        if ro.mode == "shadow" and random.randrange(10000) < act.threshold:
+            self._offer(Job(act, act.candidate, reparse, result.labels, production.version, rid, shadow=True))
+        return production, result
+
+    def _try_candidate(self, act: Active, predict_rows: Callable, parsed, with_proba: bool, reparse: Callable,
+                       rid: str):
+        """The candidate's prediction, or None (it raised, timed out or is saturated: counted)."""
+        cand = act.candidate
+        timeout = act.rollout.thresholds.timeout_ms / 1000.0
+        t0 = time.perf_counter()
+        why = None
+        if not self._slots.acquire(blocking=False):
+            why = f"all {CANDIDATE_THREADS} candidate slots busy"
+        else:
+            def run():
+                try:
+                    return predict_rows(cand, reparse(cand), with_proba)
+                finally:
+                    self._slots.release()
+
+            try:
+                future = self._pool.submit(run)
+            except RuntimeError as exc:
+                self._slots.release()
+                why = f"cannot run: {exc}"
+            else:
+                try:
+                    result = future.result(timeout=timeout)
+                    seconds = time.perf_counter() - t0
+                    act.figures.observe("candidate", seconds * 1000)
+                    self.metrics.observe(cand.version, "canary", seconds)
+                    return result
+                except FutureTimeout:
+                    why = f"timed out after {act.rollout.thresholds.timeout_ms:g} ms"
+                except Exception as exc:  # noqa: BLE001 - any candidate failure: Production answers
+                    why = f"{type(exc).__name__}: {first_line(getattr(exc, 'message', None) or str(exc))}"
+        act.figures.observe("candidate", None)
+        self.metrics.observe(cand.version, "canary", None)
+        log.warning("canary v%s failed (%s); Production answered", cand.version, why,
+                    extra={"fields": {"event": "canary_error", "request_id": rid, "candidate_version": cand.version,
+                                      "error": why}})
+        return None
+
+    def _offer(self, job: Job) -> None:
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            job.active.figures.drop()
+            self.metrics.dropped.inc()
+
+    def _compare_loop(self) -> None:
+        while True:
+            job = self._queue.get()
+            try:
+                self._run_job(job)
+            except Exception:  # noqa: BLE001 - never let the thread die
+                log.exception("rollout comparison failed")
+
+    def _run_job(self, job: Job) -> None:
+        act, other = job.active, job.other
+        t0 = time.perf_counter()
+        try:
+            labels = other.predict(job.reparse(other), with_proba=False).labels
+        except Exception as exc:  # noqa: BLE001
+            if job.shadow:
+                act.figures.observe("candidate", None)
+                self.metrics.observe(other.version, "shadow", None)
+            log.warning("%s v%s failed on request %s: %s", "shadow" if job.shadow else "comparison", other.version,
+                        job.rid, first_line(getattr(exc, "message", None) or str(exc)),
+                        extra={"fields": {"event": "shadow_error", "request_id": job.rid,
+                                          "candidate_version": act.candidate.version}})
+            return
+        seconds = time.perf_counter() - t0
+        if job.shadow:
+            act.figures.observe("candidate", seconds * 1000)
+            self.metrics.observe(other.version, "shadow", seconds)
+            cand_labels, prod_labels = labels, job.answered_labels
+            prod_version = job.answered_version
+        else:
+            cand_labels, prod_labels = job.answered_labels, labels
+            prod_version = other.version
+        kind, n, equal, rel = _compare(cand_labels, prod_labels, getattr(other, "classes", None))
+        act.figures.compare(kind, n, equal, rel)
+        self.metrics.compared.labels(act.candidate.version).inc(n)
+        self.metrics.agreeing.labels(act.candidate.version).inc(equal)
+        fields = {"event": "shadow_prediction" if job.shadow else "canary_comparison", "request_id": job.rid,
+                  "production_version": prod_version, "candidate_version": act.candidate.version,
+                  "rows": n, "agreeing_rows": equal}
+        if job.shadow:
+            fields.update({"production_predictions": _labels_for_log(prod_labels),
+                           "candidate_predictions": _labels_for_log(cand_labels),
+                           "candidate_ms": round(seconds * 1000, 3)})
+        log.info("%s v%s vs Production v%s: %d of %d rows agree", "shadow" if job.shadow else "canary",
+                 act.candidate.version, prod_version, equal, n, extra={"fields": fields})
+
+
+def route_hook(routes) -> Callable:
+    """``(runtime, parsed, with_proba, reparse) -> (runtime that answered, prediction)`` for the V2
+    routes: the canary/shadow routing of ``routes`` (a ``serving.routes.Routes``) for one request."""
+    from flask import g, request
+
+    def route(runtime, parsed, with_proba: bool, reparse: Callable):
+        return routes.rollout.predict(routes.predict_rows, runtime, parsed, with_proba, reparse,
+                                      request.headers.get("X-Routing-Key"), g.rid)
+
+    return route
+
+
+def _queue_size() -> int:
+    raw = os.environ.get(QUEUE_SIZE_ENV)
+    if raw is None or not raw.strip():
+        return DEFAULT_QUEUE_SIZE
+    try:
+        value = int(raw)
+        if not 1 <= value <= 100000:
+            raise ValueError
+    except ValueError:
+        log.warning("%s=%r is not an integer in 1-100000; using %d", QUEUE_SIZE_ENV, raw, DEFAULT_QUEUE_SIZE)
+        return DEFAULT_QUEUE_SIZE
+    return value
+
+
+__all__ = ["Active", "Figures", "RolloutController", "merge", "route_hook"]
