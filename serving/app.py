@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from serving import handlers, inputs, routes, v2
+from serving import handlers, inputs, rollout, routes, v2
 from serving import logs as service_logs
 from serving.manager import ModelManager
 from serving.metrics import Metrics
@@ -40,5 +40,6 @@ def create_app(settings: Settings | None = None, manager: ModelManager | None = 
     own = routes.Routes(manager, settings, metrics)
     app.register_blueprint(routes.blueprint(own))
     handlers.register(app, settings.max_body_bytes)
-    v2.register(app, manager, settings, v2.Hooks(own.api_denied, own.read_body, own.observe_prediction))
+    v2.register(app, manager, settings, v2.Hooks(own.api_denied, own.read_body, own.observe_prediction,
+                                                           own.predict_rows, rollout.route_hook(own)))
     return app

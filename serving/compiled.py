@@ -229,6 +229,15 @@ def _compile_column_transformer(ct: Any, spec_types: dict[str, str], example) ->
     return blocks
 
 
+def _forest(est: Any):
+    from serving.forest import CompiledForest
+
+    try:
+        return CompiledForest(est)
+    except Unsupported:
+        return None
+
+
 class _Estimator:
     """Any other final estimator, called on the numpy array without feature names."""
 
@@ -236,8 +245,11 @@ class _Estimator:
         self.est = copy.copy(est)
         self.est.__dict__.pop("feature_names_in_", None)
         self.has_proba = hasattr(est, "predict_proba")
+        self.forest = _forest(self.est)
 
     def predict(self, X: np.ndarray, with_proba: bool):
+        if self.forest is not None:  # checked against the pipeline itself with the rest (serving.runtime)
+            return self.forest.predict(X, with_proba and self.has_proba)
         labels = self.est.predict(X)
         proba = self.est.predict_proba(X) if with_proba and self.has_proba else None
         return labels, proba

@@ -49,6 +49,9 @@ class HealthReport:
             "fast_path": cur.fast if cur else None,
             "registry": self.registry_status(),
             "last_swap_error": self.last_swap_error.to_dict() if self.last_swap_error else None,
+            "batching": {**self.settings.batching_public(),
+                         "merges": bool(cur is not None and self.settings.batching and cur.batch_reason is None)},
+            "rollout": self.rollout.report() if getattr(self, "rollout", None) is not None else None,
             "pid": os.getpid(),
         }
 

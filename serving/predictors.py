@@ -33,6 +33,8 @@ class NativePredictor:
         # A signature where every column is required is validated finite, so scikit-learn's own
         # NaN/inf scan is redundant; its config is thread-local, hence set per request thread.
         self.assume_finite = assume_finite
+        #: the forest's arithmetic without scikit-learn's per-call overhead (serving.forest), if it is one
+        self.forest = _forest(self.final)
 
     def __call__(self, X: np.ndarray, with_proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if self.assume_finite:
@@ -50,6 +52,8 @@ class NativePredictor:
     def _run(self, X: np.ndarray, with_proba: bool):
         for t in self.transforms:
             X = t.transform(X)
+        if self.forest is not None:
+            return self.forest.predict(X, with_proba and self.has_proba)
         labels = self.final.predict(X)
         proba = self.final.predict_proba(X) if with_proba and self.has_proba else None
         return labels, proba
@@ -108,6 +112,16 @@ def generated_rows(spec: Any, example, predictor: Any, n: int, seed: int) -> lis
             col = [None if m else v for v, m in zip(col, rng.random(n) < 0.15, strict=True)]
         columns.append(col)
     return [list(r) for r in zip(*columns, strict=True)]
+
+
+def _forest(est: Any):
+    from serving.compiled_hgb import Unsupported
+    from serving.forest import CompiledForest
+
+    try:
+        return CompiledForest(est)
+    except Unsupported:
+        return None
 
 
 def _strip(est: Any) -> Any:

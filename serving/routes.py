@@ -10,18 +10,22 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 import uuid
+import weakref
 
 import numpy as np
 from flask import Blueprint, Response, g, request
 
 from serving import compat, inputs, openapi
+from serving.batching import Batcher
 from serving.errors import InputError
 from serving.health import iso
 from serving.http import bearer_ok, body_reader, error_response, json_response, labels_json, rows_of
 from serving.manager import ModelManager
 from serving.metrics import Metrics
+from serving.rollout import RolloutController
 from serving.settings import Settings
 
 log = logging.getLogger("serving.app")
@@ -41,6 +45,11 @@ class Routes:
         self.api_token = settings.api_token.encode() if settings.api_token else None
         self.admin_token = settings.admin_token.encode() if settings.admin_token else None
         self.read_body = body_reader(settings.max_body_bytes, settings.read_timeout_s)
+        # one batcher per loaded version (weakly held: a retired version's goes with it)
+        self._batchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        self._batchers_lock = threading.Lock()
+        # canary / shadow: the candidate next to Production, followed by the poller
+        self.rollout = manager.rollout = RolloutController(manager, settings, metrics)
 
     # -- request bookkeeping ----------------------------------------------------------------------
 
@@ -78,11 +87,15 @@ class Routes:
         """Metrics and the log line of one answered prediction (every prediction route)."""
         version = runtime.version
         self.metrics.observe_rows(endpoint, version, rows)
-        log.info(
-            "Prediction made: %s v%s, %d row(s)", runtime.name, version, rows,
-            extra={"fields": {"request_id": g.rid, "endpoint": endpoint, "model_version": version,
-                              "rows": rows, "format": fmt, "ms": round((time.perf_counter() - g.t0) * 1000, 3)}},
-        )
+        fields = {"request_id": g.rid, "endpoint": endpoint, "model_version": version,
+                  "rows": rows, "format": fmt, "ms": round((time.perf_counter() - g.t0) * 1000, 3)}
+        act = self.rollout.state
+        if act is not None:  # a canary or shadow runs: both versions and who answered
+            cand = act.candidate.version
+            fields.update({"rollout": act.rollout.mode, "candidate_version": cand,
+                           "production_version": self.manager.current.version if self.manager.current else None,
+                           "role": "canary" if version == cand and act.rollout.mode == "canary" else "production"})
+        log.info("Prediction made: %s v%s, %d row(s)", runtime.name, version, rows, extra={"fields": fields})
 
     # -- predictions ------------------------------------------------------------------------------
 
@@ -109,7 +122,9 @@ class Routes:
             return self.answer_as_mlflow(endpoint, runtime, body, content_type, None)
         try:
             parsed = runtime.parse(body, kind)
-            result = runtime.predict(parsed, with_proba=with_meta)
+            runtime, result = self.rollout.predict(self.predict_rows, runtime, parsed, with_meta,
+                                                   lambda rt: rt.parse(body, kind),
+                                                   request.headers.get("X-Routing-Key"), g.rid)
         except InputError as exc:
             if not as_mlflow or exc.code in _OWN_LIMITS:
                 raise
@@ -124,6 +139,21 @@ class Routes:
                 payload["probabilities"] = np.ascontiguousarray(result.proba) if result.proba is not None else None
         self.observe_prediction(endpoint, runtime, result.rows, parsed.fmt)
         return json_response(payload, 200, {"X-Model-Version": version})
+
+    def predict_rows(self, runtime, parsed, with_proba: bool):
+        """Predict validated rows on ``runtime`` (the one call every prediction route makes):
+        merged with concurrent requests on the same version unless BATCHING is off."""
+        if not self.settings.batching or runtime.batch_reason is not None:
+            return runtime.predict(parsed, with_proba=with_proba)
+        batcher = self._batchers.get(runtime)
+        if batcher is None:
+            with self._batchers_lock:
+                batcher = self._batchers.get(runtime)
+                if batcher is None:
+                    batcher = self._batchers[runtime] = Batcher(
+                        runtime.predict, runtime.fast_path, self.settings.batch_max_rows,
+                        self.settings.batch_max_wait_ms / 1000.0, self.metrics.observe_batch)
+        return batcher.predict(parsed, with_proba)
 
     def answer_as_mlflow(self, endpoint: str, runtime, body: bytes, content_type: str,
                          clearer: InputError | None) -> Response:
@@ -189,6 +219,8 @@ class Routes:
             "fast_path": rt.fast,
             "fast_path_reason": rt.native_reason,
             "prediction_path": rt.fast_path,
+            "batching": {**self.settings.batching_public(), "merges": self.settings.batching and rt.batch_reason is None,
+                         "reason": rt.batch_reason if self.settings.batching else "BATCHING is off"},
             "loaded_at": iso(rt.loaded_at),
             "loaded_from": rt.loaded_from,
             "last_registry_check": iso(manager.last_check_at),

@@ -30,7 +30,7 @@ import numpy as np
 
 from mlops.model_io import LoadedModel, ModelLoadError, load_local, smoke_test
 from mlops.util import first_line
-from serving import inputs
+from serving import batching, inputs
 from serving.compat import parse_with_mlflow
 from serving.compiled import CompiledPipeline, Unsupported
 from serving.errors import InputError
@@ -120,6 +120,8 @@ class ModelRuntime:
         self.native_reason = "not a scikit-learn model"
         self.classes: list | None = None
         self.flavors = sorted(loaded.mlmodel.flavors)
+        #: why concurrent requests on this version are not merged into one call (None: they are)
+        self.batch_reason: str | None = "not checked"
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -136,6 +138,7 @@ class ModelRuntime:
             rt = cls(loaded, meta, loaded_from)
             rt._setup_native(expected)
             rt._smoke_own_paths()
+            rt.batch_reason = rt._batch_exactness()
         except ModelLoadError as exc:
             exc.phase = "smoke_test"
             raise
@@ -249,8 +252,30 @@ class ModelRuntime:
         else:
             self.native = native
             self.native_reason = "ok"
+            if native.forest is not None:
+                self._check_forest(native, X)
             return
         log.warning("%s v%s: using the pyfunc path (%s)", self.name, self.version, self.native_reason)
+
+    def _check_forest(self, native: NativePredictor, example: np.ndarray, n: int = 256) -> None:
+        """Keep the compiled forest only if it equals scikit-learn on the example and ``n`` rows
+        spread around it (some values missing where the forest was trained with them)."""
+        from serving.forest import differs
+
+        rng = np.random.default_rng(int(self.version or 0))
+        X = example[rng.integers(0, len(example), n)] * rng.normal(1.0, 0.3, (n, example.shape[1]))
+        X = np.vstack([example, X])
+        try:
+            for t in native.transforms:
+                X = t.transform(X)
+            why = differs(native.forest, native.final, X)
+        except Exception as exc:  # noqa: BLE001 - any failure means: scikit-learn's own call
+            why = f"compiled forest failed: {first_line(str(exc))}"
+        if why is not None:
+            native.forest = None
+            log.warning("%s v%s: scikit-learn's own forest call is kept (%s)", self.name, self.version, why)
+        else:
+            self.native_reason = "ok (compiled forest)"
 
     def _setup_frame(self) -> None:
         """The compiled path if it equals scikit-learn bit for bit on the example, its variants and
@@ -397,6 +422,32 @@ class ModelRuntime:
             raise ModelLoadError(f"the input example fails the serving path: {exc.message}") from None
         except Exception as exc:  # noqa: BLE001
             raise ModelLoadError(f"the input example fails the serving path: {first_line(str(exc))}") from None
+
+    def _batch_exactness(self, n: int = 48) -> str | None:
+        """Whether a merged call of this version equals one-by-one calls bit for bit
+        (``serving.batching.exactness``), on generated rows validated as requests are."""
+        if not self.fast or self.spec is None:
+            return "pyfunc path: custom models may not predict row by row"
+        try:
+            rows = generated_rows(self.spec, self._example_frame(), self.frame_native, n,
+                                  seed=int(self.version or 0) + 1)
+            columns = list(self.spec.columns)
+            parts = []
+            for i, row in enumerate(rows):
+                chunk = [row] if i % 3 else rows[i:i + 2]  # mostly 1-row requests, some of 2
+                body = _orjson_dumps({"dataframe_split": {"columns": columns, "data": chunk}})
+                try:
+                    parts.append(self.parse(body, "json"))
+                except InputError:
+                    continue
+            why = batching.exactness(parts, self.predict, self.fast_path)
+        except Exception as exc:  # noqa: BLE001 - any failure means: predict each request alone
+            why = f"merging check failed: {first_line(str(exc))}"
+        if why is None:
+            log.info("%s v%s: concurrent requests are merged (checked bit for bit on %d rows)", self.name, self.version, n)
+        else:
+            log.info("%s v%s: concurrent requests are predicted one by one (%s)", self.name, self.version, why)
+        return why
 
     # -- description ------------------------------------------------------------------------------
 

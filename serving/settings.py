@@ -13,6 +13,7 @@ DEFAULT_MAX_BODY_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_COLUMNS = 2048
 DEFAULT_THREADS = 4
 DEFAULT_READ_TIMEOUT_S = 10.0
+DEFAULT_BATCH_MAX_ROWS = 256
 MAX_DEFAULT_WORKERS = 8
 
 
@@ -54,6 +55,10 @@ class Settings:
     #: True: refuse unknown columns and top-level keys with this service's own error codes (the
     #: behaviour before MLflow parity); False (default): answer /invocations as `mlflow models serve`
     strict_input: bool = False
+    #: merge concurrent predictions of one version into one call (serving.batching)
+    batching: bool = True
+    batch_max_rows: int = DEFAULT_BATCH_MAX_ROWS
+    batch_max_wait_ms: float = 0.0
     # -- gunicorn (serving/gunicorn.conf.py) --
     worker_class: str = "serving.worker.ServingWorker"
     keepalive_s: int = 5
@@ -137,6 +142,9 @@ class Settings:
             retry_failed_after_s=number("RETRY_FAILED_AFTER_S", float, 60.0, 0, 86400),
             keep_loaded_versions=number("KEEP_LOADED_VERSIONS", int, 2, 1, 20),
             strict_input=_flag("STRICT_INPUT", get("STRICT_INPUT"), False),
+            batching=_flag("BATCHING", get("BATCHING"), True),
+            batch_max_rows=number("BATCH_MAX_ROWS", int, DEFAULT_BATCH_MAX_ROWS, 1, 1_000_000),
+            batch_max_wait_ms=number("BATCH_MAX_WAIT_MS", float, 0.0, 0, 10_000),
             worker_class=get("WORKER_CLASS") or "serving.worker.ServingWorker",
             keepalive_s=number("KEEPALIVE_S", int, 5, 0, 3600),
             timeout_s=number("TIMEOUT_S", int, 60, 0, 86400),
@@ -168,7 +176,12 @@ class Settings:
             "api_token_required": bool(self.api_token),
             "admin_token_configured": bool(self.admin_token),
             "strict_input": self.strict_input,
+            "batching": self.batching_public(),
         }
+
+    def batching_public(self) -> dict:
+        """The batching settings (``/health`` and ``/api/model/info`` show them)."""
+        return {"enabled": self.batching, "max_rows": self.batch_max_rows, "max_wait_ms": self.batch_max_wait_ms}
 
 
 #: The settings a command line may give (``mlops serve``), and the variable each stands for.

@@ -45,6 +45,11 @@ class Hooks:
     read_body: Callable[[], bytes]
     #: metrics and the log line of one answered prediction: (endpoint, runtime, rows, format)
     observe: Callable[..., None]
+    #: predict validated rows on a runtime: (runtime, parsed, with_proba) -> Prediction
+    predict: Callable[..., object]
+    #: canary/shadow routing (serving.rollout.route_hook): (runtime, parsed, with_proba, reparse)
+    #: -> (runtime that answered, Prediction); None: always the served version
+    route: Callable[..., tuple] | None = None
 
 
 def _error(message: str, status: int, headers: dict | None = None) -> Response:
@@ -157,8 +162,13 @@ def blueprint(manager: ModelManager, settings: Settings, hooks: Hooks) -> Bluepr
         rt = served(name, version)
         _check_content_type()
         body = hooks.read_body()
-        req = codecs_v2.to_request(codecs_v2.decode(body), rt, body)
-        result = rt.predict(req.parsed, with_proba=codecs_v2.PROBABILITIES in req.outputs)
+        doc = codecs_v2.decode(body)
+        req = codecs_v2.to_request(doc, rt, body)
+        with_proba = codecs_v2.PROBABILITIES in req.outputs
+        if hooks.route is not None and version is None:  # a version named in the path is never rerouted
+            rt, result = hooks.route(rt, req.parsed, with_proba, lambda r: codecs_v2.to_request(doc, r, body).parsed)
+        else:
+            result = hooks.predict(rt, req.parsed, with_proba)
         payload = v2_outputs.response(rt, req, result)
         hooks.observe(request.url_rule.rule, rt, result.rows, req.parsed.fmt)
         return json_response(payload, 200, {"X-Model-Version": rt.version})
