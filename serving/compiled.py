@@ -99,20 +99,25 @@ class _NumericBlock:
             cols.append(values)
         X = np.column_stack(cols).astype(np.float64, copy=False) if len(cols) > 1 else \
             np.asarray(cols[0], dtype=np.float64).reshape(-1, 1)
-        X = np.array(X, dtype=np.float64, order="C", copy=True)
-        for op, arg in self.ops:
-            if op == "impute":
-                mask = np.isnan(X)
-                if mask.any():
-                    X[mask] = np.broadcast_to(arg, X.shape)[mask]
-            elif op == "sub":
-                X -= arg
-            elif op == "div":
-                X /= arg
-        return X
+        return apply_ops(X, self.ops)
 
 
-def _numeric_ops(steps: list) -> list[tuple[str, np.ndarray]]:
+def apply_ops(X: np.ndarray, ops: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    """A copy of ``X`` through the fitted imputer/scaler operations (as scikit-learn does them)."""
+    X = np.array(X, dtype=np.float64, order="K", copy=True)  # the memory order scikit-learn keeps (BLAS sums depend on it)
+    for op, arg in ops:
+        if op == "impute":
+            mask = np.isnan(X)
+            if mask.any():
+                X[mask] = np.broadcast_to(arg, X.shape)[mask]
+        elif op == "sub":
+            X -= arg
+        elif op == "div":
+            X /= arg
+    return X
+
+
+def numeric_ops(steps: list) -> list[tuple[str, np.ndarray]]:
     from sklearn.impute import SimpleImputer
     from sklearn.preprocessing import FunctionTransformer, StandardScaler
 
@@ -219,7 +224,7 @@ def _compile_column_transformer(ct: Any, spec_types: dict[str, str], example) ->
         steps = [s for _, s in trans.steps] if isinstance(trans, Pipeline) else [trans]
         kinds = {spec_types[c] for c in cols}
         if kinds <= {"double", "float", "long", "integer"}:
-            blocks.append(_NumericBlock(list(cols), _numeric_ops(steps)))
+            blocks.append(_NumericBlock(list(cols), numeric_ops(steps)))
         elif kinds <= {"string", "boolean"} and _per_value(steps):
             blocks.append(_table_block(trans, steps, list(cols), example))
         else:
@@ -231,11 +236,14 @@ def _compile_column_transformer(ct: Any, spec_types: dict[str, str], example) ->
 
 def _forest(est: Any):
     from serving.forest import CompiledForest
+    from serving.linear import CompiledLinear
 
-    try:
-        return CompiledForest(est)
-    except Unsupported:
-        return None
+    for kind in (CompiledForest, CompiledLinear):
+        try:
+            return kind(est)
+        except Unsupported:
+            continue
+    return None
 
 
 class _Estimator:

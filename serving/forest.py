@@ -28,6 +28,8 @@ _FORESTS = ("RandomForestClassifier", "RandomForestRegressor", "ExtraTreesClassi
 class CompiledForest:
     """predict / predict_proba of a fitted single-output forest from a numeric array."""
 
+    kind = "forest"
+
     def __init__(self, est: Any):
         from sklearn import ensemble
 

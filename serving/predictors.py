@@ -35,6 +35,8 @@ class NativePredictor:
         self.assume_finite = assume_finite
         #: the forest's arithmetic without scikit-learn's per-call overhead (serving.forest), if it is one
         self.forest = _forest(self.final)
+        #: the transforms as float operations (None: scikit-learn's own transform calls)
+        self.ops = _ops(self.transforms)
 
     def __call__(self, X: np.ndarray, with_proba: bool) -> tuple[np.ndarray, np.ndarray | None]:
         if self.assume_finite:
@@ -50,8 +52,13 @@ class NativePredictor:
             return self._run(X, with_proba)
 
     def _run(self, X: np.ndarray, with_proba: bool):
-        for t in self.transforms:
-            X = t.transform(X)
+        if self.ops is not None and self.forest is not None:
+            from serving.compiled import apply_ops
+
+            X = apply_ops(X, self.ops)
+        else:
+            for t in self.transforms:
+                X = t.transform(X)
         if self.forest is not None:
             return self.forest.predict(X, with_proba and self.has_proba)
         labels = self.final.predict(X)
@@ -115,11 +122,26 @@ def generated_rows(spec: Any, example, predictor: Any, n: int, seed: int) -> lis
 
 
 def _forest(est: Any):
+    """The final step as compiled arithmetic (serving.forest, serving.linear), or None."""
     from serving.compiled_hgb import Unsupported
     from serving.forest import CompiledForest
+    from serving.linear import CompiledLinear
+
+    for kind in (CompiledForest, CompiledLinear):
+        try:
+            return kind(est)
+        except Unsupported:
+            continue
+    return None
+
+
+def _ops(transforms: list) -> list | None:
+    """The numeric steps (imputer, scaler) as the compiled pipeline's float operations, or None."""
+    from serving.compiled import numeric_ops
+    from serving.compiled_hgb import Unsupported
 
     try:
-        return CompiledForest(est)
+        return numeric_ops(transforms) if transforms else None
     except Unsupported:
         return None
 

@@ -234,6 +234,8 @@ class ModelRuntime:
         try:
             native = NativePredictor(sk, assume_finite=self.spec.all_required)
             X = self._example_array()
+            if native.forest is not None:
+                self._check_compiled(native, X)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 labels, proba = native(X, with_proba=True)
@@ -251,31 +253,38 @@ class ModelRuntime:
             self.native_reason = "native probabilities differ from scikit-learn's on the input example"
         else:
             self.native = native
-            self.native_reason = "ok"
-            if native.forest is not None:
-                self._check_forest(native, X)
+            self.native_reason = "ok" if native.forest is None else f"ok (compiled {native.forest.kind})"
             return
         log.warning("%s v%s: using the pyfunc path (%s)", self.name, self.version, self.native_reason)
 
-    def _check_forest(self, native: NativePredictor, example: np.ndarray, n: int = 256) -> None:
-        """Keep the compiled forest only if it equals scikit-learn on the example and ``n`` rows
-        spread around it (some values missing where the forest was trained with them)."""
-        from serving.forest import differs
+    def _check_compiled(self, native: NativePredictor, example: np.ndarray, n: int = 256) -> None:
+        """Keep the compiled final step (forest or linear model, with the scaler/imputer as float
+        operations) only if it equals the pipeline on the example and ``n`` rows spread around it."""
+        from serving.predictors import same_bits
 
+        sk = self.loaded.sklearn_model
         rng = np.random.default_rng(int(self.version or 0))
         X = example[rng.integers(0, len(example), n)] * rng.normal(1.0, 0.3, (n, example.shape[1]))
+        if not self.spec.all_required:  # missing values reach the model: some rows get them
+            X[rng.random(X.shape) < 0.05] = np.nan
         X = np.vstack([example, X])
         try:
-            for t in native.transforms:
-                X = t.transform(X)
-            why = differs(native.forest, native.final, X)
-        except Exception as exc:  # noqa: BLE001 - any failure means: scikit-learn's own call
-            why = f"compiled forest failed: {first_line(str(exc))}"
+            with warnings.catch_warnings(), sklearn_checks_on():
+                warnings.simplefilter("ignore")
+                ref_labels = sk.predict(X)
+                ref_proba = sk.predict_proba(X) if native.has_proba else None
+                labels, proba = native(X, with_proba=True)
+            why = None
+            if not same_bits(labels, ref_labels):
+                why = "predictions differ from scikit-learn"
+            elif ref_proba is not None and not same_bits(proba, ref_proba):
+                why = "probabilities differ from scikit-learn"
+        except Exception as exc:  # noqa: BLE001 - any failure means: scikit-learn's own calls
+            why = f"failed: {first_line(str(exc))}"
         if why is not None:
-            native.forest = None
-            log.warning("%s v%s: scikit-learn's own forest call is kept (%s)", self.name, self.version, why)
-        else:
-            self.native_reason = "ok (compiled forest)"
+            log.warning("%s v%s: scikit-learn's own calls are kept (compiled %s %s)", self.name, self.version,
+                        native.forest.kind, why)
+            native.forest = native.ops = None
 
     def _setup_frame(self) -> None:
         """The compiled path if it equals scikit-learn bit for bit on the example, its variants and

@@ -1,7 +1,7 @@
 """The import boundaries between the project's packages, read from the source (ast, nothing imported).
 
 * serving/ and training/ import from ``mlops`` only its kernel (config, registry, model_io, errors,
-  env, util), and the kernel imports nothing else of ``mlops``, so neither part pulls in backup and
+  env, util, rollout), and the kernel imports nothing else of ``mlops``, so neither part pulls in backup and
   restore, the local stack or the CLI;
 * nothing outside tests/ imports ``tests``; nothing imports ``scripts`` (tests run scripts as
   subprocesses, as operators do);
@@ -19,7 +19,8 @@ import pytest
 
 from tests.helpers import ROOT
 
-KERNEL = {"mlops.config", "mlops.registry", "mlops.model_io", "mlops.errors", "mlops.env", "mlops.util"}
+KERNEL = {"mlops.config", "mlops.registry", "mlops.model_io", "mlops.errors", "mlops.env", "mlops.util",
+          "mlops.rollout"}
 PACKAGES = ("mlops", "serving", "training", "scripts", "tests")
 
 

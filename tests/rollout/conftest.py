@@ -3,6 +3,7 @@ registered models (healthy, raising on some real inputs, slower), load generated
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -27,8 +28,18 @@ class Store:
     candidates: dict[str, str] = field(default_factory=dict)
 
 
-def _tracking(uri: str):
+@contextlib.contextmanager
+def tracking(uri: str):
+    """MLFLOW_TRACKING_URI set for in-process MLflow calls (the SQLite registry needs it)."""
+    old = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old
 
 
 def register_candidate(uri: str, **config) -> str:
@@ -37,9 +48,8 @@ def register_candidate(uri: str, **config) -> str:
     from mlflow import MlflowClient
     from mlflow.models import Model
 
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    _tracking(uri)
-    try:
+    previous = mlflow.get_tracking_uri()
+    with tracking(uri):
         mlflow.set_tracking_uri(uri)
         client = MlflowClient(uri, uri)
         base = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{MODEL}/1")
@@ -55,12 +65,8 @@ def register_candidate(uri: str, **config) -> str:
                 model_config=config, signature=meta.signature, input_example=example,
                 pip_requirements=["mlflow", "scikit-learn"], registered_model_name=MODEL,
             )
-        return str(info.registered_model_version)
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
+    mlflow.set_tracking_uri(previous)
+    return str(info.registered_model_version)
 
 
 def rows() -> tuple[list[str], list[list[float]]]:
@@ -74,15 +80,28 @@ def rows() -> tuple[list[str], list[list[float]]]:
 COLUMNS, ROWS = rows()
 
 
+def register_same_as_production(uri: str) -> str:
+    """A new version with v1's own model files (a healthy candidate on the same fast path)."""
+    from mlflow import MlflowClient
+
+    with tracking(uri):
+        client = MlflowClient(uri, uri)
+        src = client.get_model_version(MODEL, "1")
+        model_id = src.source.split("/")[-1] if src.source.startswith("models:/m-") else None
+        mv = client.create_model_version(MODEL, source=src.source, run_id=src.run_id, model_id=model_id)
+    return str(mv.version)
+
+
 @pytest.fixture(scope="session")
 def store(tmp_path_factory) -> Store:
-    """v1 (logistic regression) in Production; v2 the same pipeline as a pyfunc (healthy); v3 raises
-    on rows with a large mean radius; v4 sleeps 60 ms per call."""
+    """v1 (logistic regression) in Production; v2 the same model files (healthy); v3 a pyfunc of
+    the same pipeline that raises on rows with a large mean radius (a fifth of the data); v4 one
+    that sleeps 60 ms per call."""
     root = tmp_path_factory.mktemp("rollout-store")
     uri = sqlite_uri(root)
     train(uri, "--promote", "production")
     s = Store(root, uri)
-    s.candidates["healthy"] = register_candidate(uri)
+    s.candidates["healthy"] = register_same_as_production(uri)
     s.candidates["raising"] = register_candidate(uri, raise_column="mean radius", raise_above=17.0)
     s.candidates["slow"] = register_candidate(uri, sleep_ms=60)
     return s
@@ -118,7 +137,7 @@ def load(url: str, n: int, threads: int = 4, keys: int = 0, seed: int = 0, path:
     def worker(i: int) -> None:
         rnd = random.Random(seed * 1000 + i)
         sess = requests.Session()
-        for j in range(per[i]):
+        for _ in range(per[i]):
             idx = [rnd.randrange(len(ROWS))]
             headers = {"Content-Type": "application/json"}
             key = f"user-{rnd.randrange(keys)}" if keys else None

@@ -260,6 +260,14 @@ def test_merged_answers_equal_unbatched_ones_bit_for_bit(forest_service):
     assert health["batching"] == {"enabled": True, "max_rows": 256, "max_wait_ms": 0.0, "merges": True}
 
 
+def _wait_for_version(url: str, version: str, timeout: float = 30) -> None:
+    """Until every worker of the service answers with ``version`` (one worker here)."""
+    deadline = time.monotonic() + timeout
+    while requests.get(url + "/health", timeout=10).json()["model_version"] != version:
+        assert time.monotonic() < deadline, f"the service did not follow the promotion of v{version}"
+        time.sleep(0.2)
+
+
 def test_a_swap_in_the_middle_of_traffic_fails_nothing_and_never_mixes_versions(forest_service):
     uri, url = forest_service
     reqs = _requests(30)
@@ -272,10 +280,7 @@ def test_a_swap_in_the_middle_of_traffic_fails_nothing_and_never_mixes_versions(
     try:
         time.sleep(0.5)
         promote(uri, "2")
-        deadline = time.monotonic() + 30
-        while requests.get(url + "/health", timeout=10).json()["model_version"] != "2":
-            assert time.monotonic() < deadline, "the service did not follow the promotion"
-            time.sleep(0.2)
+        _wait_for_version(url, "2")
         time.sleep(0.5)
     finally:
         stop.set()
@@ -290,6 +295,7 @@ def test_a_swap_in_the_middle_of_traffic_fails_nothing_and_never_mixes_versions(
         expected = before[i] if version == "1" else after[i]
         assert body == expected, f"request {i} on v{version}: not that version's own answer"
     promote(uri, "1")
+    _wait_for_version(url, "1")  # the next tests compare answers with v1's: serving must be back on it
 
 
 def test_a_stalled_client_does_not_hold_up_the_requests_queued_behind_it(forest_service):
