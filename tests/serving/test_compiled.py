@@ -157,3 +157,52 @@ def test_what_is_not_compiled_says_why():
                                {"x": "double", "y": "double"}, X)
     with pytest.raises(Unsupported, match="Pipeline"):
         CompiledPipeline.build(LinearRegression().fit(X, raw["y"]), {"x": "double", "y": "double"}, X)
+
+
+# -- linear models without scikit-learn's per-call checks (serving.linear) ------------------------
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "ridge", "least_squares"])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_compiled_linear_equals_scikit_learn_bit_for_bit(kind, order):
+    """The native predictor of an imputer + scaler + linear model pipeline, with its transforms as
+    float operations and the final step compiled, against ``Pipeline.predict``/``predict_proba``
+    on the same array, for both memory orders (a Fortran-ordered input example once made the
+    compiled product differ in its last bits, because the copy was always C-ordered)."""
+    from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from serving.predictors import NativePredictor
+
+    loader, est = {"binary": (load_breast_cancer, LogisticRegression(max_iter=5000)),
+                   "multiclass": (load_wine, LogisticRegression(max_iter=5000)),
+                   "ridge": (load_diabetes, Ridge(alpha=0.5)),
+                   "least_squares": (load_diabetes, LinearRegression())}[kind]
+    X, y = loader(return_X_y=True)
+    X = X.copy()
+    X[np.random.default_rng(0).random(X.shape) < 0.05] = np.nan
+    pipe = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(), est).fit(X, y)
+    native = NativePredictor(pipe, assume_finite=False)
+    assert native.forest is not None and native.forest.kind == "linear model" and native.ops is not None
+    rng = np.random.default_rng(1)
+    for n in (1, 2, 7, 64):
+        rows = np.asarray(X[rng.integers(0, len(X), n)] * rng.normal(1, 0.2, (n, X.shape[1])), order=order)
+        labels, proba = native(rows, with_proba=True)
+        assert np.array_equal(labels, pipe.predict(rows)), (kind, order, n)
+        if kind in ("binary", "multiclass"):
+            assert np.array_equal(proba, pipe.predict_proba(rows)), (kind, order, n)
+        else:
+            assert proba is None
+
+
+def test_other_linear_models_are_not_compiled():
+    from sklearn.linear_model import SGDClassifier
+
+    from serving.linear import CompiledLinear
+
+    est = SGDClassifier(random_state=0).fit(np.eye(4), [0, 1, 0, 1])
+    with pytest.raises(Unsupported):
+        CompiledLinear(est)
