@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 PIP_VERSION        := 26.3
 SETUPTOOLS_VERSION := 84.2.1
 
-.PHONY: help install audit weekly monthly drill run stop train ui serve status test test-fast lint bench bench-backup bench-train bench-score drill audit weekly monthly clean
+.PHONY: help install audit weekly monthly drill run stop train ui serve status test test-fast lint bench bench-batching bench-rollout bench-backup bench-train bench-score drill audit weekly monthly clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-13s %s\n", $$1, $$2}'
@@ -65,8 +65,16 @@ test-fast: $(STAMP) ## only the fast tests
 lint: $(STAMP) ## ruff
 	@$(BIN)/ruff check .
 
-bench: $(STAMP) ## serving benchmark: ratios vs `mlflow models serve` and the bare floor app
+bench: $(STAMP) ## serving benchmarks: vs `mlflow models serve`, the floor and the HTTP ceiling; batching; canary/shadow
 	@$(BIN)/python scripts/bench_serving.py
+	@$(BIN)/python scripts/bench_batching.py
+	@$(BIN)/python scripts/bench_rollout.py
+
+bench-batching: $(STAMP) ## batching benchmark alone: on/off vs floor, ceiling, mlflow (logistic and 100-tree forest)
+	@$(BIN)/python scripts/bench_batching.py $(ARGS)
+
+bench-rollout: $(STAMP) ## throughput during a 10 % canary and a 10 % shadow vs none
+	@$(BIN)/python scripts/bench_rollout.py $(ARGS)
 
 bench-backup: $(STAMP) ## backup/restore benchmark (10 models x 20 versions)
 	@$(BIN)/python scripts/bench_backup.py

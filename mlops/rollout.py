@@ -34,6 +34,13 @@ PROMOTED = "promoted"
 STOPPED = "stopped"
 DEFAULT_DURATION_S = 600.0
 DEFAULT_MIN_REQUESTS = 100
+MIN_PERCENT = 0.01  # routing works in 10 000 buckets
+MAX_DURATION_S = 366 * 86400.0
+MAX_MIN_REQUESTS = 10**9
+MAX_TIMEOUT_MS = 3_600_000.0
+MAX_THRESHOLD = 1e9
+MAX_TAG_CHARS = 64 * 1024  # what a registry tag of this project may hold (a verdict included)
+_DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 class RolloutError(registry.RegistryError, errors.Refused):
@@ -67,12 +74,45 @@ class Thresholds:
             return out
         for key in cls.__dataclass_fields__:
             if key in raw:
-                value = raw[key]
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                        or value < 0:
-                    raise ValueError(f"threshold {key} must be a number >= 0, not {value!r}")
-                setattr(out, key, float(value))
+                setattr(out, key, _number(f"threshold {key}", raw[key], 0.0,
+                                          MAX_TIMEOUT_MS if key == "timeout_ms" else MAX_THRESHOLD))
         return out
+
+    def check(self) -> None:
+        """ValueError naming the first value out of range (NaN, infinite, negative, too large)."""
+        Thresholds.from_dict(asdict(self))
+
+
+def _number(what: str, value: object, low: float, high: float, *, low_open: bool = False) -> float:
+    """``value`` as a finite float in [low, high] ((low, high] with ``low_open``); ValueError else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a number, not {type(value).__name__}")
+    try:
+        number = float(value)
+    except OverflowError:
+        raise ValueError(f"{what} is out of range") from None
+    if not math.isfinite(number) or number > high or number < low or (low_open and number == low):
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:40] + "..."
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ValueError(f"{what} must be in {interval}, not {shown}")
+    return number
+
+
+def _plain(value: object, depth: int = 0) -> bool:
+    """True for small JSON of finite numbers, short strings, shallow lists and objects (a verdict)."""
+    if depth > 6:
+        return False
+    if value is None or isinstance(value, bool | str):
+        return not isinstance(value, str) or len(value) <= 2000
+    if isinstance(value, int):
+        return abs(value) < 2**53
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, list):
+        return len(value) <= 10000 and all(_plain(v, depth + 1) for v in value)
+    if isinstance(value, dict):
+        return len(value) <= 100 and all(isinstance(k, str) and _plain(v, depth + 1) for k, v in value.items())
+    return False
 
 
 @dataclass
@@ -108,40 +148,58 @@ class Rollout:
 
     @classmethod
     def from_json(cls, text: str) -> Rollout:
-        """Parse the tag; ValueError (one line) for anything malformed."""
+        """Parse the tag (registry contents are untrusted); ValueError (one line) for anything
+        malformed or out of range."""
+        if not isinstance(text, str) or len(text) > MAX_TAG_CHARS:
+            raise ValueError("the rollout tag is too long")
         try:
             raw = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ValueError("the rollout tag is not valid JSON") from None
         if not isinstance(raw, dict):
             raise ValueError("the rollout tag is not a JSON object")
+        try:
+            return cls._from_dict(raw)
+        except (TypeError, OverflowError, RecursionError) as exc:
+            raise ValueError(f"the rollout tag holds a bad value ({type(exc).__name__})") from None
+
+    @classmethod
+    def _from_dict(cls, raw: dict) -> Rollout:
         mode = raw.get("mode")
         if mode not in MODES:
-            raise ValueError(f"unknown rollout mode {mode!r}")
-        version = raw.get("version")
-        if not isinstance(version, (str, int)) or isinstance(version, bool) or not str(version).isdigit():
-            raise ValueError(f"bad candidate version {version!r}")
-        percent, started = raw.get("percent"), raw.get("started")
-        for key, value in (("percent", percent), ("started", started), ("duration_s", raw.get("duration_s", 0)),
-                           ("min_requests", raw.get("min_requests", 0))):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"bad {key} {value!r}")
-        if not 0 < percent <= 100:
-            raise ValueError(f"percent {percent!r} is outside (0, 100]")
+            raise ValueError(f"unknown rollout mode {str(mode)[:40]!r}")
+        version = _version("candidate version", raw.get("version"))
+        prod = raw.get("production_version")
         state = raw.get("state", RUNNING)
         if state not in (RUNNING, WITHDRAWN, PROMOTED, STOPPED):
-            raise ValueError(f"unknown rollout state {state!r}")
-        prod = raw.get("production_version")
+            raise ValueError(f"unknown rollout state {str(state)[:40]!r}")
+        auto = raw.get("auto_promote", False)
+        if not isinstance(auto, bool):
+            raise ValueError("auto_promote must be true or false")
+        ended = raw.get("ended")
+        verdict = raw.get("verdict")
         return cls(
-            mode=mode, version=str(version), production_version=None if prod is None else str(prod),
-            percent=float(percent), started=float(started),
-            duration_s=float(raw.get("duration_s", DEFAULT_DURATION_S)),
-            min_requests=int(raw.get("min_requests", DEFAULT_MIN_REQUESTS)),
-            auto_promote=bool(raw.get("auto_promote", False)),
-            thresholds=Thresholds.from_dict(raw.get("thresholds")),
-            state=state, ended=raw.get("ended") if isinstance(raw.get("ended"), (int, float)) else None,
-            reason=str(raw.get("reason") or ""), verdict=raw.get("verdict") if isinstance(raw.get("verdict"), dict) else None,
+            mode=mode, version=version,
+            production_version=None if prod is None else _version("production version", prod),
+            percent=_number("percent", raw.get("percent"), 0.0, 100.0, low_open=True),
+            started=_number("started", raw.get("started"), 0.0, 1e11),
+            duration_s=_number("duration_s", raw.get("duration_s", DEFAULT_DURATION_S), 0.0, MAX_DURATION_S,
+                               low_open=True),
+            min_requests=int(_number("min_requests", raw.get("min_requests", DEFAULT_MIN_REQUESTS), 1,
+                                     MAX_MIN_REQUESTS)),
+            auto_promote=auto, thresholds=Thresholds.from_dict(raw.get("thresholds")), state=state,
+            ended=None if ended is None else _number("ended", ended, 0.0, 1e11),
+            reason=str(raw.get("reason") or "")[:2000],
+            verdict=verdict if isinstance(verdict, dict) and _plain(verdict) else None,
         )
+
+
+def _version(what: str, value: object) -> str:
+    """A version number as the registry writes it (ASCII digits); ValueError otherwise."""
+    text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    if not _DIGITS.fullmatch(text):
+        raise ValueError(f"bad {what} {str(value)[:40]!r}")
+    return str(int(text))
 
 
 def parse_duration(text: str) -> float:
@@ -150,8 +208,8 @@ def parse_duration(text: str) -> float:
     if not m:
         raise ValueError(f"bad duration {text!r} (use e.g. 300, 30s, 10m, 1h)")
     value = float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[m.group(2)]
-    if value <= 0:
-        raise ValueError(f"duration must be > 0, not {text!r}")
+    if not 0 < value <= MAX_DURATION_S:
+        raise ValueError(f"duration must be > 0 and at most 366 days, not {text[:40]!r}")
     return value
 
 
@@ -164,8 +222,8 @@ def read(client: MlflowClient, name: str, rm=None) -> Rollout | None:
         return None
     try:
         return Rollout.from_json(raw)
-    except (ValueError, TypeError) as exc:
-        log.warning("ignoring the rollout tag of %s: %s", name, exc)
+    except Exception as exc:  # noqa: BLE001 - registry contents are untrusted: never a traceback
+        log.warning("ignoring the rollout tag of %s: %s", name, str(exc)[:200])
         return None
 
 
@@ -186,12 +244,16 @@ def start(client: MlflowClient, name: str, version: str | int, mode: str, percen
     """Start a canary or shadow of ``version`` against the Production version."""
     if mode not in MODES:
         raise RolloutError(f"unknown mode '{mode}' (use canary or shadow)")
-    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 < percent <= 100:
-        raise RolloutError(f"--percent must be in (0, 100], not {percent}")
-    if min_requests < 1:
-        raise RolloutError(f"--min-requests must be >= 1, not {min_requests}")
-    if duration_s <= 0:
-        raise RolloutError(f"--duration must be > 0, not {duration_s}")
+    if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not MIN_PERCENT <= percent <= 100:
+        raise RolloutError(f"--percent must be in [{MIN_PERCENT}, 100], not {percent}")
+    if not 1 <= min_requests <= MAX_MIN_REQUESTS:
+        raise RolloutError(f"--min-requests must be in [1, {MAX_MIN_REQUESTS}], not {min_requests}")
+    if not 0 < duration_s <= MAX_DURATION_S:
+        raise RolloutError(f"--duration must be > 0 and at most 366 days, not {duration_s}")
+    try:
+        (thresholds or Thresholds()).check()
+    except ValueError as exc:
+        raise RolloutError(str(exc).replace("threshold ", "--").replace("_", "-")) from None
     rm = registry.get_model(client, name)
     mv = registry.get_version(client, name, version)
     version = str(mv.version)
@@ -209,6 +271,10 @@ def start(client: MlflowClient, name: str, version: str | int, mode: str, percen
     ro = Rollout(mode=mode, version=version, production_version=str(prod.version), percent=float(percent),
                  started=time.time(), duration_s=float(duration_s), min_requests=int(min_requests),
                  auto_promote=bool(auto_promote) and mode == "canary", thresholds=thresholds or Thresholds())
+    try:
+        Rollout.from_json(ro.to_json())  # what serving will read back must parse
+    except ValueError as exc:
+        raise RolloutError(f"refusing to write an unreadable rollout: {exc}") from None
     for other in MODES:
         if other in (rm.aliases or {}):
             client.delete_registered_model_alias(name, other)
@@ -316,6 +382,15 @@ def format_table(ro: Rollout, figures: dict | None) -> list[str]:
     if not figures:
         lines.append("no figures yet (give --serving-url to read them from serving)")
         return lines
+
+    try:
+        return lines + _figure_lines(ro, figures)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return [*lines, "figures unreadable (malformed verdict or serving answer)"]
+
+
+def _figure_lines(ro: Rollout, figures: dict) -> list[str]:
+    lines: list[str] = []
 
     def fmt(v, spec=".1f"):
         return "-" if v is None else format(v, spec)

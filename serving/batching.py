@@ -115,6 +115,8 @@ class Batcher:
             self._run(batch)
         finally:
             for other in batch[1:]:
+                if other.result is None and other.error is None:  # the call was cut short (BaseException)
+                    other.error = RuntimeError("the merged model call was interrupted")
                 other.done.set()
             with self._cond:
                 if self._queue:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import time
 
+import orjson
+
 
 class HealthReport:
     """``status``, ``health`` and ``registry_status`` of a model manager (mixed into it)."""
@@ -51,9 +53,21 @@ class HealthReport:
             "last_swap_error": self.last_swap_error.to_dict() if self.last_swap_error else None,
             "batching": {**self.settings.batching_public(),
                          "merges": bool(cur is not None and self.settings.batching and cur.batch_reason is None)},
-            "rollout": self.rollout.report() if getattr(self, "rollout", None) is not None else None,
+            "rollout": self._rollout_report(),
             "pid": os.getpid(),
         }
+
+    def _rollout_report(self) -> dict | None:
+        """The canary/shadow section; never fails /health (registry contents are untrusted)."""
+        rollout = getattr(self, "rollout", None)
+        if rollout is None:
+            return None
+        try:
+            report = rollout.report()
+            orjson.dumps(report, option=orjson.OPT_SERIALIZE_NUMPY)  # what the answer must hold
+            return report
+        except Exception as exc:  # noqa: BLE001 - liveness must not depend on a tag's contents
+            return {"error": f"rollout state unreadable: {type(exc).__name__}"}
 
     def registry_status(self) -> dict:
         return {

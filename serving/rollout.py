@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,8 @@ log = logging.getLogger("serving.rollout")
 LATENCY_SAMPLES = 4000  # latencies kept per role and worker for p50/p99
 QUEUE_SIZE_ENV = "SHADOW_QUEUE_SIZE"
 DEFAULT_QUEUE_SIZE = 256
-CANDIDATE_THREADS = 4  # candidate predictions in flight per worker (a hung candidate holds at most these)
+CANDIDATE_THREADS = 4  # at least this many candidate predictions in flight per worker (else THREADS + 1)
+MAX_QUEUED_BYTES = 64 * 1024 * 1024  # request bodies waiting for a comparison, per worker
 FULL_CHECK_S = 30.0
 RETRY_LOAD_S = 30.0
 PUBLISH_EVERY_S = 0.25
@@ -98,34 +99,136 @@ def merge(snapshots: list[dict]) -> dict:
            "candidate": {"requests": 0, "errors": 0, "latency_ms": []},
            "compared": {"n": 0, "equal": 0, "rel_diff_sum": 0.0, "kind": None}, "dropped": 0}
     for snap in snapshots:
-        try:
+        try:  # read the whole snapshot first: a malformed one adds nothing, not half of itself
+            roles = {}
             for role in ("production", "candidate"):
                 r = snap["roles"][role]
-                out[role]["requests"] += int(r["requests"])
-                out[role]["errors"] += int(r["errors"])
-                out[role]["latency_ms"].extend(float(x) for x in r["latency_ms"])
+                roles[role] = (int(r["requests"]), int(r["errors"]), [float(x) for x in r["latency_ms"]])
             c = snap["compared"]
-            out["compared"]["n"] += int(c["n"])
-            out["compared"]["equal"] += int(c["equal"])
-            out["compared"]["rel_diff_sum"] += float(c["rel_diff_sum"])
-            out["compared"]["kind"] = c.get("kind") or out["compared"]["kind"]
-            out["dropped"] += int(snap.get("dropped", 0))
-        except (KeyError, TypeError, ValueError) as exc:
+            n, equal, rel = int(c["n"]), int(c["equal"]), float(c["rel_diff_sum"])
+            kind = c.get("kind")
+            dropped = int(snap.get("dropped", 0))
+            if not np.isfinite(rel) or min(n, equal, dropped, *(v[0] for v in roles.values())) < 0:
+                raise ValueError("negative or non-finite figures")
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             log.warning("ignoring a malformed rollout figures file: %s", exc)
+            continue
+        for role, (requests, errors, latencies) in roles.items():
+            out[role]["requests"] += requests
+            out[role]["errors"] += errors
+            out[role]["latency_ms"].extend(latencies)
+        out["compared"]["n"] += n
+        out["compared"]["equal"] += equal
+        out["compared"]["rel_diff_sum"] += rel
+        out["compared"]["kind"] = kind if kind in ("classification", "regression") else out["compared"]["kind"]
+        out["dropped"] += dropped
     return out
 
 
-@dataclass
 class Active:
-    """What requests read (one reference, replaced whole): the running rollout and its candidate."""
+    """What requests read (one reference, replaced whole): the running rollout, its candidate and
+    the threads that serve it. Each rollout has its own candidate pool, slots and comparison queue,
+    so a candidate that hung in one rollout takes nothing from the next."""
 
-    rollout: kernel.Rollout
-    candidate: object  # serving.runtime.ModelRuntime
-    figures: Figures = field(default_factory=Figures)
+    def __init__(self, rollout: kernel.Rollout, candidate, queue_size: int, slots: int):
+        self.rollout = rollout
+        self.candidate = candidate  # serving.runtime.ModelRuntime
+        self.figures = Figures()
+        self.pid = os.getpid()
+        self.timeout_s = min(rollout.thresholds.timeout_ms / 1000.0, threading.TIMEOUT_MAX)
+        self.slots_total = slots
+        self.slots = threading.BoundedSemaphore(slots)
+        self.pool = ThreadPoolExecutor(max_workers=slots, thread_name_prefix=f"candidate-v{rollout.version}")
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.stopped = threading.Event()
+        self._lock = threading.Lock()
+        self.queued_bytes = 0
+        self.hung = 0  # candidate calls past the timeout that still hold a slot
 
     @property
     def threshold(self) -> int:
         return int(self.rollout.percent * 100)  # of 10 000 buckets
+
+    def start(self, run_job: Callable) -> None:
+        threading.Thread(target=self._loop, args=(run_job,), name=f"rollout-compare-v{self.rollout.version}",
+                         daemon=True).start()
+
+    def stop(self) -> None:
+        """No more jobs: the comparison thread ends after the one it runs, the pool takes no more."""
+        self.stopped.set()
+        try:
+            self.queue.put_nowait(None)
+        except queue.Full:
+            pass  # the thread sees `stopped` after its current job
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def offer(self, job: Job, size: int) -> bool:
+        """Queue ``job`` unless the queue (by count or by bytes) is full; False when dropped."""
+        with self._lock:
+            if self.stopped.is_set() or self.queued_bytes + size > MAX_QUEUED_BYTES:
+                return False
+            self.queued_bytes += size
+        job.size = size
+        try:
+            self.queue.put_nowait(job)
+        except queue.Full:
+            self._release(size)
+            return False
+        return True
+
+    def _release(self, size: int) -> None:
+        with self._lock:
+            self.queued_bytes -= size
+
+    def _loop(self, run_job: Callable) -> None:
+        while not self.stopped.is_set():
+            job = self.queue.get()
+            if job is None:
+                return
+            try:
+                run_job(job)
+            except Exception:  # noqa: BLE001 - never let the thread die
+                log.exception("rollout comparison failed")
+            finally:
+                self._release(job.size)
+
+    def call_candidate(self, fn: Callable, *args):
+        """``fn(*args)`` on the candidate's pool within the timeout: the result, or raises
+        ``TimeoutError`` / the call's own exception / ``Saturated``."""
+        if not self.slots.acquire(blocking=False):
+            raise Saturated(self.hung)
+        state = {"timed_out": False}
+
+        def run():
+            try:
+                return fn(*args)
+            finally:
+                with self._lock:
+                    if state["timed_out"]:
+                        self.hung -= 1
+                self.slots.release()
+
+        try:
+            future = self.pool.submit(run)
+        except RuntimeError:  # the pool was shut down: this rollout just ended
+            self.slots.release()
+            raise Saturated(0) from None
+        try:
+            return future.result(timeout=self.timeout_s)
+        except FutureTimeout:
+            with self._lock:
+                if not future.done():
+                    state["timed_out"] = True
+                    self.hung += 1
+            raise TimeoutError(f"timed out after {self.rollout.thresholds.timeout_ms:g} ms") from None
+
+
+class Saturated(Exception):
+    """Every candidate slot of this worker is taken (``hung``: by calls past their timeout)."""
+
+    def __init__(self, hung: int):
+        super().__init__(f"all candidate slots busy ({hung} held by calls past the timeout)")
+        self.hung = hung
 
 
 @dataclass
@@ -139,6 +242,7 @@ class Job:
     answered_version: str
     rid: str
     shadow: bool
+    size: int = 0
 
 
 def _routing_bucket(key: str) -> int:
@@ -161,10 +265,23 @@ def _compare(a, b, classes) -> tuple[str, int, int, float]:
     kind = _kind(y, classes)
     if kind == "regression":
         xf, yf = x.astype(float).reshape(n, -1), y.astype(float).reshape(n, -1)
-        rel = np.abs(xf - yf) / np.maximum(np.abs(yf), 1e-9)
-        return kind, n, int((rel.max(axis=1) == 0).sum()), float(rel.mean(axis=1).sum())
+        with np.errstate(all="ignore"):
+            rel = np.abs(xf - yf) / np.maximum(np.abs(yf), 1e-9)
+        # a row off by 100 % or more, or not finite on either side, counts 1 (one wild row must not
+        # outweigh the window, nor a NaN silence it)
+        same = (xf == yf) | (np.isnan(xf) & np.isnan(yf))
+        rel = np.where(same, 0.0, np.where(np.isfinite(rel), np.minimum(rel, 1.0), 1.0))
+        return kind, n, int(same.all(axis=1).sum()), float(rel.mean(axis=1).sum())
     eq = (x.reshape(n, -1) == y.reshape(n, -1)).all(axis=1)
     return kind, n, int(eq.sum()), 0.0
+
+
+def _size_of(parsed) -> int:
+    """Bytes a queued comparison keeps alive for ``parsed`` (an estimate when the body is not known)."""
+    array = getattr(parsed, "array", None)
+    if isinstance(array, np.ndarray):
+        return int(array.nbytes) * 2
+    return int(getattr(parsed, "rows", 1) or 1) * 512
 
 
 def _labels_for_log(labels) -> list:
@@ -188,10 +305,7 @@ class RolloutController:
         self._failed: dict[str, float] = {}
         self._published_at = 0.0
         self._gauge: tuple | None = None
-        self._pid: int | None = None
-        self._queue: queue.Queue | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._slots: threading.BoundedSemaphore | None = None
+        self.slots = max(CANDIDATE_THREADS, int(getattr(settings, "threads", 1) or 1) + 1)
         self.queue_size = _queue_size()
 
     # -- following the registry (poller thread) -------------------------------------------------
@@ -199,7 +313,6 @@ class RolloutController:
     def follow(self, force: bool = False) -> None:
         """After a registry check: refresh the rollout, publish and judge this worker's figures."""
         try:
-            self._ensure_threads()
             if force or self._registry_changed():
                 self._refresh()
             if self.state is not None:
@@ -252,7 +365,7 @@ class RolloutController:
             self._failed[ro.id] = time.monotonic()
             return
         self.error = None
-        self._set(Active(ro, candidate))
+        self._set(Active(ro, candidate, self.queue_size, self.slots))
 
     def _load(self, version: str):
         """The candidate runtime (downloaded once into the shared cache, loaded, smoke-tested)."""
@@ -280,7 +393,11 @@ class RolloutController:
 
     def _set(self, active: Active | None) -> None:
         old = self.state
+        if active is not None:
+            active.start(self._run_job)
         self.state = active
+        if old is not None:
+            old.stop()
         if active is None:
             self.metrics.set_state(None, None, 0, self._gauge)
             self._gauge = None
@@ -365,29 +482,22 @@ class RolloutController:
 
     # -- requests ---------------------------------------------------------------------------------
 
-    def _ensure_threads(self) -> None:
-        if self._pid == os.getpid():
-            return
-        self._pid = os.getpid()
-        self._queue = queue.Queue(maxsize=self.queue_size)
-        self._pool = ThreadPoolExecutor(max_workers=CANDIDATE_THREADS, thread_name_prefix="canary")
-        self._slots = threading.BoundedSemaphore(CANDIDATE_THREADS)
-        threading.Thread(target=self._compare_loop, name="rollout-compare", daemon=True).start()
-
     def predict(self, predict_rows: Callable, production, parsed, with_proba: bool, reparse: Callable,
-                routing_key: str | None, rid: str):
-        """Answer one request: ``(runtime that answered, prediction)``; see the module docstring."""
+                routing_key: str | None, rid: str, size: int = 0):
+        """Answer one request: ``(runtime that answered, prediction)``; see the module docstring.
+        ``size``: the request body's bytes (what a queued comparison keeps alive)."""
         act = self.state
-        if act is None or self._pid != os.getpid():
+        if act is None or act.pid != os.getpid():
             return production, predict_rows(production, parsed, with_proba)
         ro = act.rollout
+        size = max(size, _size_of(parsed))
         if ro.mode == "canary":
             bucket = _routing_bucket(routing_key) if routing_key else random.randrange(10000)
             if bucket < act.threshold:
                 answered = self._try_candidate(act, predict_rows, parsed, with_proba, reparse, rid)
                 if answered is not None:
-                    self._offer(Job(act, production, lambda _rt, p=parsed: p, answered.labels, act.candidate.version,
-                                    rid, shadow=False))
+                    self._offer(act, Job(act, production, lambda _rt, p=parsed: p, answered.labels,
+                                         act.candidate.version, rid, shadow=False), size)
                     return act.candidate, answered
         t0 = time.perf_counter()
         try:
@@ -400,41 +510,33 @@ class RolloutController:
         act.figures.observe("production", seconds * 1000)
         self.metrics.observe(production.version, "production", seconds)
         if ro.mode == "shadow" and random.randrange(10000) < act.threshold:
-            self._offer(Job(act, act.candidate, reparse, result.labels, production.version, rid, shadow=True))
+            self._offer(act, Job(act, act.candidate, reparse, result.labels, production.version, rid, shadow=True), size)
         return production, result
 
     def _try_candidate(self, act: Active, predict_rows: Callable, parsed, with_proba: bool, reparse: Callable,
                        rid: str):
-        """The candidate's prediction, or None (it raised, timed out or is saturated: counted)."""
+        """The candidate's prediction, or None: it raised or timed out (counted as a candidate
+        error), or cannot answer this request as asked (Production answers, nothing counted)."""
         cand = act.candidate
-        timeout = act.rollout.thresholds.timeout_ms / 1000.0
         t0 = time.perf_counter()
-        why = None
-        if not self._slots.acquire(blocking=False):
-            why = f"all {CANDIDATE_THREADS} candidate slots busy"
+        try:
+            result = act.call_candidate(lambda: predict_rows(cand, reparse(cand), with_proba))
+        except Saturated as exc:
+            if exc.hung == 0:  # busy with calls still within their time: not the candidate's fault
+                log.debug("canary v%s saturated; Production answered request %s", cand.version, rid)
+                return None
+            why = str(exc)
+        except Exception as exc:  # noqa: BLE001 - any candidate failure: Production answers
+            why = f"{type(exc).__name__}: {first_line(getattr(exc, 'message', None) or str(exc))}"
         else:
-            def run():
-                try:
-                    return predict_rows(cand, reparse(cand), with_proba)
-                finally:
-                    self._slots.release()
-
-            try:
-                future = self._pool.submit(run)
-            except RuntimeError as exc:
-                self._slots.release()
-                why = f"cannot run: {exc}"
-            else:
-                try:
-                    result = future.result(timeout=timeout)
-                    seconds = time.perf_counter() - t0
-                    act.figures.observe("candidate", seconds * 1000)
-                    self.metrics.observe(cand.version, "canary", seconds)
-                    return result
-                except FutureTimeout:
-                    why = f"timed out after {act.rollout.thresholds.timeout_ms:g} ms"
-                except Exception as exc:  # noqa: BLE001 - any candidate failure: Production answers
-                    why = f"{type(exc).__name__}: {first_line(getattr(exc, 'message', None) or str(exc))}"
+            if with_proba and result.proba is None:
+                # asked for probabilities the candidate has none of: Production answers as asked
+                log.debug("canary v%s has no probabilities; Production answered request %s", cand.version, rid)
+                return None
+            seconds = time.perf_counter() - t0
+            act.figures.observe("candidate", seconds * 1000)
+            self.metrics.observe(cand.version, "canary", seconds)
+            return result
         act.figures.observe("candidate", None)
         self.metrics.observe(cand.version, "canary", None)
         log.warning("canary v%s failed (%s); Production answered", cand.version, why,
@@ -442,27 +544,24 @@ class RolloutController:
                                       "error": why}})
         return None
 
-    def _offer(self, job: Job) -> None:
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:
-            job.active.figures.drop()
+    def _offer(self, act: Active, job: Job, size: int) -> None:
+        if not act.offer(job, size):
+            act.figures.drop()
             self.metrics.dropped.inc()
-
-    def _compare_loop(self) -> None:
-        while True:
-            job = self._queue.get()
-            try:
-                self._run_job(job)
-            except Exception:  # noqa: BLE001 - never let the thread die
-                log.exception("rollout comparison failed")
 
     def _run_job(self, job: Job) -> None:
         act, other = job.active, job.other
         t0 = time.perf_counter()
         try:
-            labels = other.predict(job.reparse(other), with_proba=False).labels
+            if job.shadow:  # the candidate, within its timeout (a hung one is counted, not waited on)
+                labels = act.call_candidate(lambda: other.predict(job.reparse(other), with_proba=False)).labels
+            else:
+                labels = other.predict(job.reparse(other), with_proba=False).labels
         except Exception as exc:  # noqa: BLE001
+            if isinstance(exc, Saturated) and exc.hung == 0:  # not the candidate's fault: dropped
+                act.figures.drop()
+                self.metrics.dropped.inc()
+                return
             if job.shadow:
                 act.figures.observe("candidate", None)
                 self.metrics.observe(other.version, "shadow", None)
@@ -502,7 +601,8 @@ def route_hook(routes) -> Callable:
 
     def route(runtime, parsed, with_proba: bool, reparse: Callable):
         return routes.rollout.predict(routes.predict_rows, runtime, parsed, with_proba, reparse,
-                                      request.headers.get("X-Routing-Key"), g.rid)
+                                      request.headers.get("X-Routing-Key"), g.rid,
+                                      8 * (request.content_length or 0))  # the decoded V2 document it keeps
 
     return route
 

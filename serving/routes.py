@@ -13,7 +13,6 @@ import re
 import threading
 import time
 import uuid
-import weakref
 
 import numpy as np
 from flask import Blueprint, Response, g, request
@@ -45,8 +44,8 @@ class Routes:
         self.api_token = settings.api_token.encode() if settings.api_token else None
         self.admin_token = settings.admin_token.encode() if settings.admin_token else None
         self.read_body = body_reader(settings.max_body_bytes, settings.read_timeout_s)
-        # one batcher per loaded version (weakly held: a retired version's goes with it)
-        self._batchers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+        # one batcher per loaded version, kept on the runtime itself, so a retired version's goes
+        # with it (a dict keyed by runtime, even a weak one, held it through its bound predict)
         self._batchers_lock = threading.Lock()
         # canary / shadow: the candidate next to Production, followed by the poller
         self.rollout = manager.rollout = RolloutController(manager, settings, metrics)
@@ -124,7 +123,7 @@ class Routes:
             parsed = runtime.parse(body, kind)
             runtime, result = self.rollout.predict(self.predict_rows, runtime, parsed, with_meta,
                                                    lambda rt: rt.parse(body, kind),
-                                                   request.headers.get("X-Routing-Key"), g.rid)
+                                                   request.headers.get("X-Routing-Key"), g.rid, len(body))
         except InputError as exc:
             if not as_mlflow or exc.code in _OWN_LIMITS:
                 raise
@@ -145,12 +144,12 @@ class Routes:
         merged with concurrent requests on the same version unless BATCHING is off."""
         if not self.settings.batching or runtime.batch_reason is not None:
             return runtime.predict(parsed, with_proba=with_proba)
-        batcher = self._batchers.get(runtime)
+        batcher = getattr(runtime, "batcher", None)
         if batcher is None:
             with self._batchers_lock:
-                batcher = self._batchers.get(runtime)
+                batcher = getattr(runtime, "batcher", None)
                 if batcher is None:
-                    batcher = self._batchers[runtime] = Batcher(
+                    batcher = runtime.batcher = Batcher(
                         runtime.predict, runtime.fast_path, self.settings.batch_max_rows,
                         self.settings.batch_max_wait_ms / 1000.0, self.metrics.observe_batch)
         return batcher.predict(parsed, with_proba)

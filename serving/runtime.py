@@ -122,6 +122,8 @@ class ModelRuntime:
         self.flavors = sorted(loaded.mlmodel.flavors)
         #: why concurrent requests on this version are not merged into one call (None: they are)
         self.batch_reason: str | None = "not checked"
+        #: the serving.batching.Batcher of this version (set by the routes on first use)
+        self.batcher: Any = None
 
     # -- lifecycle --------------------------------------------------------------------------------
 

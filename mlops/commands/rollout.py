@@ -23,8 +23,8 @@ def _duration(ctx, param, value):
 
 
 def _percent(ctx, param, value):
-    if not 0 < value <= 100:
-        raise click.BadParameter(f"must be in (0, 100], not {value:g}")
+    if not ro_mod.MIN_PERCENT <= value <= 100:  # NaN fails this too
+        raise click.BadParameter(f"must be in [{ro_mod.MIN_PERCENT:g}, 100], not {value:g}")
     return value
 
 
@@ -45,12 +45,16 @@ def _threshold_options(f):
     return f
 
 
-def _serving_figures(url: str | None) -> dict | None:
+def _serving_figures(url: str | None, rollout_id: str) -> dict | None:
+    """The live figures serving at ``url`` reports for this rollout (None: none, or another one)."""
     health = registry.serving_health(url)
-    if not health or "error" in health and "status" not in health:
+    if not isinstance(health, dict) or "error" in health and "status" not in health:
         return None
-    section = health.get("rollout") or {}
-    return section.get("figures")
+    section = health.get("rollout")
+    if not isinstance(section, dict) or section.get("id") != rollout_id:
+        return None
+    figures = section.get("figures")
+    return figures if isinstance(figures, dict) else None
 
 
 def _start(mode: str, name: str, version: str, percent: float, duration: float | None, min_requests: int,
@@ -71,7 +75,7 @@ def _status(mode: str, name: str, as_json: bool, serving_url: str | None, tracki
     ro = ro_mod.read(client, name)
     if ro is None or (mode is not None and ro.mode != mode):
         fail(f"no {mode or 'rollout'} recorded for {name}")
-    figures = _serving_figures(serving_url) if ro.running else None
+    figures = _serving_figures(serving_url, ro.id) if ro.running else None
     if figures is None and ro.verdict:
         figures = ro.verdict.get("figures")
     if as_json:
@@ -100,7 +104,7 @@ def canary() -> None:
 @click.option("--percent", type=float, required=True, callback=_percent, help="Share of requests (0-100].")
 @click.option("--duration", default="10m", show_default=True, callback=_duration,
               help="Judgement window: 300, 30s, 10m, 1h.")
-@click.option("--min-requests", type=click.IntRange(min=1), default=ro_mod.DEFAULT_MIN_REQUESTS, show_default=True,
+@click.option("--min-requests", type=click.IntRange(min=1, max=ro_mod.MAX_MIN_REQUESTS), default=ro_mod.DEFAULT_MIN_REQUESTS, show_default=True,
               help="Candidate requests needed before it is judged.")
 @click.option("--auto-promote", is_flag=True, help="Promote the candidate to Production once it held for the window.")
 @_threshold_options
@@ -126,7 +130,7 @@ def canary_start(name: str, version: str, percent: float, duration: float, min_r
 @tracking_option
 def canary_status(name: str, as_json: bool, serving_url: str | None, tracking_uri: str) -> None:
     """Side-by-side figures of Production and the candidate, with the thresholds."""
-    _status(None, name, as_json, serving_url, tracking_uri)
+    _status("canary", name, as_json, serving_url, tracking_uri)
 
 
 @canary.command("stop")
@@ -149,7 +153,7 @@ def shadow() -> None:
 @click.option("--percent", type=float, required=True, callback=_percent, help="Share of requests mirrored (0-100].")
 @click.option("--duration", default="10m", show_default=True, callback=_duration,
               help="Judgement window: 300, 30s, 10m, 1h.")
-@click.option("--min-requests", type=click.IntRange(min=1), default=ro_mod.DEFAULT_MIN_REQUESTS, show_default=True,
+@click.option("--min-requests", type=click.IntRange(min=1, max=ro_mod.MAX_MIN_REQUESTS), default=ro_mod.DEFAULT_MIN_REQUESTS, show_default=True,
               help="Shadow predictions needed before it is judged.")
 @_threshold_options
 @tracking_option
@@ -169,7 +173,7 @@ def shadow_start(name: str, version: str, percent: float, duration: float, min_r
 @tracking_option
 def shadow_status(name: str, as_json: bool, serving_url: str | None, tracking_uri: str) -> None:
     """Side-by-side figures of Production and the shadow candidate, with the thresholds."""
-    _status(None, name, as_json, serving_url, tracking_uri)
+    _status("shadow", name, as_json, serving_url, tracking_uri)
 
 
 @shadow.command("stop")

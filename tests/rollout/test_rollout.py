@@ -85,6 +85,10 @@ def test_cli_refuses_bad_starts_in_one_line(store):
         (["canary", "start", MODEL, "1", "--percent", "10"], "is the Production version already"),
         (["canary", "start", MODEL, healthy, "--percent", "10", "--duration", "soon"], "bad duration"),
         (["canary", "stop", MODEL], "no canary of"),
+        (["canary", "start", MODEL, healthy, "--percent", "nan"], "--percent"),
+        (["canary", "start", MODEL, healthy, "--percent", "10", "--timeout-ms", "nan"], "--timeout-ms"),
+        (["canary", "start", MODEL, healthy, "--percent", "10", "--max-p99-ratio", "inf"], "--max-p99-ratio"),
+        (["canary", "start", MODEL, healthy, "--percent", "10", "--duration", "9" * 400 + "h"], "366 days"),
     ]
     for args, text in cases:
         proc = mlops(store.uri, *args, check=False)
@@ -94,6 +98,9 @@ def test_cli_refuses_bad_starts_in_one_line(store):
     mlops(store.uri, "shadow", "start", MODEL, healthy, "--percent", "10")
     proc = mlops(store.uri, "canary", "start", MODEL, healthy, "--percent", "10", check=False)
     assert proc.returncode != 0 and "already running" in proc.stderr
+    proc = mlops(store.uri, "canary", "status", MODEL, check=False)  # a shadow runs, not a canary
+    assert proc.returncode != 0 and "no canary recorded" in proc.stderr
+    assert "shadow of v" in mlops(store.uri, "shadow", "status", MODEL).stdout
     mlops(store.uri, "shadow", "stop", MODEL)
 
 

@@ -95,6 +95,31 @@ def test_a_failing_merged_call_is_retried_one_by_one():
     assert calls == [1, 4, 1, 1, 2]  # alone; the merged call (fails); then each queued request alone
 
 
+class _Abort(BaseException):
+    """What a thread sees when it is torn down mid-call (no Exception: not retried one by one)."""
+
+
+def test_requests_merged_into_an_interrupted_call_get_an_error_not_an_empty_answer():
+    calls: list[int] = []
+    slow = _slow_predict(calls)
+
+    def predict(parsed: ParsedInput, with_proba: bool) -> Prediction:
+        if len(calls) >= 1:  # the first (lone) call answers; the merged one is cut short
+            calls.append(parsed.rows)
+            raise _Abort()
+        return slow(parsed, with_proba)
+
+    batcher = Batcher(predict, "native", max_rows=100, max_wait_s=0)
+    inputs = [_arr([[i, i]]) for i in range(4)]
+    outcomes = _concurrently(batcher, inputs)
+    assert outcomes[0] is not None and not isinstance(outcomes[0], BaseException)
+    led = [o for o in outcomes[1:] if o is None]  # the leader of the merged call died with _Abort
+    assert len(led) == 1, outcomes
+    for o in outcomes[1:]:
+        assert o is None or isinstance(o, RuntimeError), outcomes  # never a result of None
+    assert sum(isinstance(o, RuntimeError) for o in outcomes) == 2
+
+
 def test_limits_and_incompatible_requests():
     calls: list[int] = []
     batcher = Batcher(_slow_predict(calls), "native", max_rows=3, max_wait_s=0)
