@@ -250,3 +250,25 @@ def test_a_retired_version_is_freed_with_its_batcher(tmp_path):
     del rt
     gc.collect()
     assert gone() is None
+
+
+def test_a_direct_path_candidate_runs_inline_and_a_slow_answer_is_still_a_timeout(tmp_path):
+    """A candidate on scikit-learn's direct path is called on the request's own thread (no hand-off);
+    an answer that came back later than the timeout is counted as an error and not returned."""
+    ctl = _controller(tmp_path)
+    act = _active(ctl, "2", timeout_ms=20, slots=2)
+    act.candidate = SimpleNamespace(version="2", fast=True)
+    threads: list[str] = []
+
+    def predict(rt, parsed, with_proba, delay=0.0):
+        threads.append(threading.current_thread().name)
+        time.sleep(delay)
+        return _prediction()
+
+    assert ctl._try_candidate(act, predict, None, True, lambda rt: None, "fast") is not None
+    assert threads[-1] == threading.current_thread().name
+    slow = ctl._try_candidate(act, lambda rt, p, w: predict(rt, p, w, 0.05), None, True, lambda rt: None, "slow")
+    assert slow is None
+    c = act.figures.snapshot()["roles"]["candidate"]
+    assert (c["requests"], c["errors"]) == (2, 1)
+    act.stop()

@@ -188,7 +188,7 @@ def test_shadow_never_changes_answers_and_records_agreement(store, served):
     shadowed = [e for e in app_log(tmp) if e.get("event") == "shadow_prediction"]
     assert shadowed and all(e["production_predictions"] == e["candidate_predictions"] for e in shadowed)
     assert {"request_id", "production_version", "candidate_version"} <= set(shadowed[-1])
-    time.sleep(0.6)  # figures are published every 0.25 s
+    time.sleep(2.2)  # figures are published every second
     out = json.loads(mlops(store.uri, "shadow", "status", MODEL, "--serving-url", url, "--json").stdout)
     assert out["figures"]["agreement"] == 1.0 and out["figures"]["compared"] > 0
     mlops(store.uri, "shadow", "stop", MODEL)
