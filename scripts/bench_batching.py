@@ -116,12 +116,14 @@ def bench_model(uri: str, label: str, tmp: Path, args, bodies: dict[int, Path], 
                     if before is not None:
                         after = batch_counts(urls[target])
                         calls = after[0] - before[0]
-                        batches.setdefault((rows, conns), []).append((after[1] - before[1]) / calls if calls else 0.0)
+                        batches.setdefault((rows, conns), []).append((after[1] - before[1]) / calls if calls else None)
                     runs.setdefault(target, {}).setdefault((rows, conns), []).append(r)
                     log(f"{label} round {rnd + 1}/{args.rounds} {target:<7} rows={rows:<3} c={conns:<2}: "
                         f"{r['rps']:8.1f} req/s  p50 {r['p50_us'] / 1000:6.2f} ms  p99 {r['p99_us'] / 1000:6.2f} ms  "
                         f"errors {r['errors']}")
-        results: dict = {"batch": {cell: sum(v) / len(v) for cell, v in batches.items()}, "info": info}
+        results: dict = {"batch": {cell: (sum(x for x in v if x is not None) / len([x for x in v if x is not None])
+                                          if any(x is not None for x in v) else None)
+                                   for cell, v in batches.items()}, "info": info}
         for target, cells in runs.items():
             results[target] = {}
             for cell, rs in cells.items():
@@ -145,14 +147,17 @@ def report(label: str, res: dict, args) -> None:
     print("-" * len(head))
     for cell in CELLS:
         s, o, f, c, m = (res[t][cell] for t in ("service", "off", "floor", "ceiling", "mlflow"))
-        print(f"{cell[0]:>4} {cell[1]:>5} | {s['rps']:>8.0f} {s['p99_us'] / 1e3:>6.2f} {res['batch'].get(cell, 0):>5.2f} | "
+        batch = res["batch"].get(cell)
+        batch = "-" if batch is None else f"{batch:.2f}"
+        print(f"{cell[0]:>4} {cell[1]:>5} | {s['rps']:>8.0f} {s['p99_us'] / 1e3:>6.2f} {batch:>5} | "
               f"{o['rps']:>8.0f} {o['p99_us'] / 1e3:>6.2f} | {f['rps']:>8.0f} {f['p99_us'] / 1e3:>6.2f} | "
               f"{c['rps']:>8.0f} | {m['rps']:>7.0f} | {s['rps'] / f['rps']:>8.2f}x {o['rps'] / f['rps']:>8.2f}x "
               f"{s['rps'] / o['rps']:>6.2f}x {s['rps'] / c['rps']:>7.2f}x {s['rps'] / m['rps']:>9.1f}x "
               f"{s['p99_us'] / max(f['p99_us'], 1):>12.2f}x")
     errors = {t: sum(r["errors"] for r in res[t].values()) for t in ("service", "off", "floor", "ceiling", "mlflow")}
     print("errors (socket + non-2xx): " + ", ".join(f"{t} {n}" for t, n in errors.items()))
-    print("batch = mean requests per model call of the service in that cell (1.00: nothing merged)")
+    print("batch = mean requests per model call of the service in that cell (1.00: nothing merged; "
+          "-: this version is never merged, see /api/model/info batching.reason)")
 
 
 def main() -> int:
