@@ -74,8 +74,9 @@ class Thresholds:
             return out
         for key in cls.__dataclass_fields__:
             if key in raw:
+                timeout = key == "timeout_ms"
                 setattr(out, key, _number(f"threshold {key}", raw[key], 0.0,
-                                          MAX_TIMEOUT_MS if key == "timeout_ms" else MAX_THRESHOLD))
+                                          MAX_TIMEOUT_MS if timeout else MAX_THRESHOLD, low_open=timeout))
         return out
 
     def check(self) -> None:
@@ -299,9 +300,14 @@ def end(client: MlflowClient, name: str, rollout_id: str, state: str, reason: st
     if state == PROMOTED:
         registry.promote(client, name, ro.version, registry.PRODUCTION,
                          reason=f"{ro.mode} held for {ro.duration_s:.0f}s: {reason}", action="promote", notify=False)
-    ro.state, ro.ended, ro.reason = state, time.time(), reason
+    ro.state, ro.ended, ro.reason = state, time.time(), str(reason)[:2000]
     if verdict is not None:
         ro.verdict = verdict
+    try:
+        Rollout.from_json(ro.to_json())  # what serving and `status` read back must parse
+    except ValueError as exc:
+        log.warning("the verdict of %s's %s is dropped (%s)", name, ro.mode, exc)
+        ro.verdict = None
     client.set_registered_model_tag(name, TAG, ro.to_json())
     try:
         client.delete_registered_model_alias(name, ro.mode)
@@ -385,7 +391,7 @@ def format_table(ro: Rollout, figures: dict | None) -> list[str]:
 
     try:
         return lines + _figure_lines(ro, figures)
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except Exception:  # noqa: BLE001 - figures come from a tag or a serving answer: untrusted
         return [*lines, "figures unreadable (malformed verdict or serving answer)"]
 
 

@@ -103,7 +103,10 @@ def merge(snapshots: list[dict]) -> dict:
             roles = {}
             for role in ("production", "candidate"):
                 r = snap["roles"][role]
-                roles[role] = (int(r["requests"]), int(r["errors"]), [float(x) for x in r["latency_ms"]])
+                latencies = [float(x) for x in r["latency_ms"]]
+                if not all(np.isfinite(latencies)):
+                    raise ValueError("non-finite latencies")
+                roles[role] = (int(r["requests"]), int(r["errors"]), latencies)
             c = snap["compared"]
             n, equal, rel = int(c["n"]), int(c["equal"]), float(c["rel_diff_sum"])
             kind = c.get("kind")
@@ -197,13 +200,14 @@ class Active:
         ``TimeoutError`` / the call's own exception / ``Saturated``."""
         if not self.slots.acquire(blocking=False):
             raise Saturated(self.hung)
-        state = {"timed_out": False}
+        state = {"timed_out": False, "finished": False}
 
         def run():
             try:
                 return fn(*args)
             finally:
                 with self._lock:
+                    state["finished"] = True
                     if state["timed_out"]:
                         self.hung -= 1
                 self.slots.release()
@@ -217,7 +221,7 @@ class Active:
             return future.result(timeout=self.timeout_s)
         except FutureTimeout:
             with self._lock:
-                if not future.done():
+                if not state["finished"]:  # still running: it holds its slot past the timeout
                     state["timed_out"] = True
                     self.hung += 1
             raise TimeoutError(f"timed out after {self.rollout.thresholds.timeout_ms:g} ms") from None
@@ -285,11 +289,26 @@ def _publish(path: Path, data: bytes) -> None:
 
 
 def _same_input(a, b) -> bool:
-    """True when runtimes ``a`` and ``b`` turn a body into the same checked input (same signature,
-    same prediction path), so one parse serves both."""
+    """True when runtimes ``a`` and ``b`` turn a body into the same checked array (same signature,
+    both on the native array path), so one parse (and a copy of its array) serves both."""
     spec = getattr(a, "spec", None)
     return spec is not None and spec == getattr(b, "spec", None) and \
-        getattr(a, "fast_path", None) == getattr(b, "fast_path", None) != "pyfunc"
+        getattr(a, "fast_path", None) == getattr(b, "fast_path", None) == "native"
+
+
+def _copy_input(parsed):
+    """``parsed`` with its own copy of the array (a transform may work on its input in place)."""
+    from serving.schema import ParsedInput
+
+    return ParsedInput(parsed.array.copy(), None, parsed.params, parsed.rows, parsed.fmt)
+
+
+def _inline_ok(runtime) -> bool:
+    """True when ``runtime`` predicts with this project's compiled arithmetic only (a forest or a
+    linear model whose transforms are float operations): nothing in it can hang."""
+    native = getattr(runtime, "native", None)
+    return native is not None and getattr(native, "forest", None) is not None and \
+        (native.ops is not None or not native.transforms)
 
 
 def _size_of(parsed) -> int:
@@ -507,8 +526,10 @@ class RolloutController:
             return production, predict_rows(production, parsed, with_proba)
         ro = act.rollout
         size = max(size, _size_of(parsed))
-        if _same_input(production, act.candidate):  # the candidate would parse the body the same way
-            reparse = lambda _rt, p=parsed: p  # noqa: E731
+        if _same_input(production, act.candidate):  # the candidate would parse the body the same way:
+            # it gets a copy, taken now, before either version's transforms could change the array
+            copy = _copy_input(parsed)
+            reparse = lambda _rt: copy  # noqa: E731
         if ro.mode == "canary":
             bucket = _routing_bucket(routing_key) if routing_key else random.randrange(10000)
             if bucket < act.threshold:
@@ -538,9 +559,9 @@ class RolloutController:
         cand = act.candidate
         t0 = time.perf_counter()
         try:
-            if getattr(cand, "fast", False) and act.hung == 0:
-                # scikit-learn's own arithmetic, no user code: called on this thread (no hand-off);
-                # one slower than the timeout still counts as an error and Production answers
+            if _inline_ok(cand) and act.hung == 0:
+                # the compiled arithmetic of a forest or linear model, no user code: called on this
+                # thread (no hand-off); one slower than the timeout still counts as an error
                 result = predict_rows(cand, reparse(cand), with_proba)
                 if time.perf_counter() - t0 > act.timeout_s:
                     raise TimeoutError(f"took {(time.perf_counter() - t0) * 1000:.0f} ms, over the "

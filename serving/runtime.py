@@ -266,8 +266,9 @@ class ModelRuntime:
 
         sk = self.loaded.sklearn_model
         rng = np.random.default_rng(int(self.version or 0))
-        X = example[rng.integers(0, len(example), n)] * rng.normal(1.0, 0.3, (n, example.shape[1]))
-        if not self.spec.all_required:  # missing values reach the model: some rows get them
+        X = (example[rng.integers(0, len(example), n)] * rng.normal(1.0, 0.3, (n, example.shape[1])))
+        X = X.astype(example.dtype)  # the dtype requests arrive in (float32 signatures scale in float32)
+        if not self.spec.all_required and X.dtype.kind == "f":  # missing values reach the model
             X[rng.random(X.shape) < 0.05] = np.nan
         X = np.vstack([example, X])
         try:

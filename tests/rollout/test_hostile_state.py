@@ -257,7 +257,7 @@ def test_a_direct_path_candidate_runs_inline_and_a_slow_answer_is_still_a_timeou
     an answer that came back later than the timeout is counted as an error and not returned."""
     ctl = _controller(tmp_path)
     act = _active(ctl, "2", timeout_ms=20, slots=2)
-    act.candidate = SimpleNamespace(version="2", fast=True)
+    act.candidate = SimpleNamespace(version="2", native=SimpleNamespace(forest=object(), ops=[], transforms=[]))
     threads: list[str] = []
 
     def predict(rt, parsed, with_proba, delay=0.0):
@@ -272,3 +272,92 @@ def test_a_direct_path_candidate_runs_inline_and_a_slow_answer_is_still_a_timeou
     c = act.figures.snapshot()["roles"]["candidate"]
     assert (c["requests"], c["errors"]) == (2, 1)
     act.stop()
+
+
+def test_a_candidate_with_code_of_its_own_is_timed_out_on_the_pool_not_waited_for(tmp_path):
+    """A direct-path model whose last step is not compiled (any estimator with a ``predict``) can
+    run user code: it goes to the pool, and a slow one costs the request only the timeout."""
+    ctl = _controller(tmp_path)
+    act = _active(ctl, "2", timeout_ms=50, slots=2)
+    act.candidate = SimpleNamespace(version="2", fast=True, native=SimpleNamespace(forest=None, ops=None,
+                                                                                   transforms=[]))
+    release = threading.Event()
+    t0 = time.perf_counter()
+    assert ctl._try_candidate(act, lambda rt, p, w: release.wait(5) and _prediction(), None, True,
+                              lambda rt: None, "r") is None
+    assert time.perf_counter() - t0 < 2.0
+    release.set()
+    act.stop()
+
+
+def test_a_candidate_that_changes_its_input_in_place_cannot_change_productions_answer(tmp_path):
+    """With one parse shared by both versions, the candidate works on a copy of the array taken
+    before anything ran (a ``copy=False`` scaler once rewrote the request Production then answered)."""
+    from serving.schema import ParsedInput
+
+    ctl = _controller(tmp_path)
+    spec = object()
+    production = SimpleNamespace(version="1", spec=spec, fast_path="native", native=None)
+    candidate = SimpleNamespace(version="2", spec=spec, fast_path="native", native=None)
+    ro = ro_mod.Rollout(mode="canary", version="2", production_version="1", percent=100.0, started=time.time())
+    ctl.state = act = Active(ro, candidate, queue_size=4, slots=2)
+    act.start(ctl._run_job)
+
+    def predict_rows(rt, parsed, with_proba):
+        if rt is candidate:
+            parsed.array[:] = -1.0  # in place, then fails: Production must answer the original rows
+            raise RuntimeError("candidate failed")
+        return Prediction(parsed.array.sum(axis=1), None, None, parsed.rows)
+
+    parsed = ParsedInput(np.array([[1.0, 2.0]]), None, None, 1, "json")
+    who, result = ctl.predict(predict_rows, production, parsed, False, lambda rt: pytest.fail("reparsed"), None, "r")
+    assert who is production and result.labels.tolist() == [3.0]
+    act.stop()
+
+
+def test_a_long_stop_reason_still_leaves_a_readable_tag(monkeypatch):
+    class Client:
+        def __init__(self):
+            self.tags = {ro_mod.TAG: tag()}
+            self.aliases = {"canary": "2"}
+
+        def get_registered_model(self, name):
+            return SimpleNamespace(tags=dict(self.tags), aliases=dict(self.aliases))
+
+        def set_registered_model_tag(self, name, key, value):
+            self.tags[key] = value
+
+        def delete_registered_model_alias(self, name, alias):
+            self.aliases.pop(alias, None)
+
+    client = Client()
+    monkeypatch.setattr(ro_mod.registry, "append_history", lambda *a, **k: None)  # not what is tested here
+    ended = ro_mod.end(client, "m", None, ro_mod.STOPPED, "\u00e9" * 11000)
+    assert ended is not None
+    back = ro_mod.Rollout.from_json(client.tags[ro_mod.TAG])
+    assert back.state == ro_mod.STOPPED and len(back.reason) == 2000
+
+
+def test_a_float32_signature_keeps_scikit_learns_own_calls_where_float64_arithmetic_differs():
+    """Requests of a float32 signature arrive as float32 arrays, which scikit-learn scales in
+    float32: the compiled float64 operations must be checked on such rows (they were checked on
+    float64 rows, passed, and then differed on the example: the whole native path was lost)."""
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from serving.predictors import NativePredictor
+    from serving.runtime import ModelRuntime
+
+    X, y = load_diabetes(return_X_y=True)
+    pipe = make_pipeline(StandardScaler(), Ridge()).fit(X, y)
+    fake = SimpleNamespace(loaded=SimpleNamespace(sklearn_model=pipe), version="1", name="m",
+                           spec=SimpleNamespace(all_required=True))
+    native = NativePredictor(pipe, assume_finite=True)
+    assert native.forest is not None
+    ModelRuntime._check_compiled(fake, native, X[:5].astype(np.float32))
+    assert native.forest is None and native.ops is None  # scikit-learn's own calls are kept
+    native = NativePredictor(pipe, assume_finite=True)
+    ModelRuntime._check_compiled(fake, native, X[:5])
+    assert native.forest is not None  # float64 rows: the compiled arithmetic is exact
