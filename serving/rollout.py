@@ -45,8 +45,6 @@ from mlops.util import first_line
 log = logging.getLogger("serving.rollout")
 
 LATENCY_SAMPLES = 4000  # latencies kept per role and worker for p50/p99
-QUEUE_SIZE_ENV = "SHADOW_QUEUE_SIZE"
-DEFAULT_QUEUE_SIZE = 256
 CANDIDATE_THREADS = 4  # at least this many candidate predictions in flight per worker (else THREADS + 1)
 MAX_QUEUED_BYTES = 64 * 1024 * 1024  # request bodies waiting for a comparison, per worker
 FULL_CHECK_S = 30.0
@@ -341,7 +339,7 @@ class RolloutController:
         self._published_at = 0.0
         self._gauge: tuple | None = None
         self.slots = max(CANDIDATE_THREADS, int(getattr(settings, "threads", 1) or 1) + 1)
-        self.queue_size = _queue_size()
+        self.queue_size = int(getattr(settings, "shadow_queue_size", 256))
 
     # -- following the registry (poller thread) -------------------------------------------------
 
@@ -652,20 +650,6 @@ def route_hook(routes) -> Callable:
                                       8 * (request.content_length or 0))  # the decoded V2 document it keeps
 
     return route
-
-
-def _queue_size() -> int:
-    raw = os.environ.get(QUEUE_SIZE_ENV)
-    if raw is None or not raw.strip():
-        return DEFAULT_QUEUE_SIZE
-    try:
-        value = int(raw)
-        if not 1 <= value <= 100000:
-            raise ValueError
-    except ValueError:
-        log.warning("%s=%r is not an integer in 1-100000; using %d", QUEUE_SIZE_ENV, raw, DEFAULT_QUEUE_SIZE)
-        return DEFAULT_QUEUE_SIZE
-    return value
 
 
 __all__ = ["Active", "Figures", "RolloutController", "merge", "route_hook"]

@@ -59,6 +59,8 @@ class Settings:
     batching: bool = True
     batch_max_rows: int = DEFAULT_BATCH_MAX_ROWS
     batch_max_wait_ms: float = 0.0
+    #: canary/shadow comparisons waiting to run off the request path, per worker (serving.rollout)
+    shadow_queue_size: int = 256
     # -- gunicorn (serving/gunicorn.conf.py) --
     worker_class: str = "serving.worker.ServingWorker"
     keepalive_s: int = 5
@@ -145,6 +147,7 @@ class Settings:
             batching=_flag("BATCHING", get("BATCHING"), True),
             batch_max_rows=number("BATCH_MAX_ROWS", int, DEFAULT_BATCH_MAX_ROWS, 1, 1_000_000),
             batch_max_wait_ms=number("BATCH_MAX_WAIT_MS", float, 0.0, 0, 10_000),
+            shadow_queue_size=number("SHADOW_QUEUE_SIZE", int, 256, 1, 100_000),
             worker_class=get("WORKER_CLASS") or "serving.worker.ServingWorker",
             keepalive_s=number("KEEPALIVE_S", int, 5, 0, 3600),
             timeout_s=number("TIMEOUT_S", int, 60, 0, 86400),

@@ -127,3 +127,13 @@ def test_a_method_not_allowed_names_the_allowed_ones(app):
         assert r.headers["Allow"] == "POST"
     r = client.open("/health", method="DELETE")
     assert r.status_code == 405 and set(r.headers["Allow"].split(", ")) == {"GET", "HEAD"}
+
+
+def test_batching_and_rollout_variables_are_read_and_checked_once():
+    s = Settings.from_env({"BATCHING": "off", "BATCH_MAX_ROWS": "64", "BATCH_MAX_WAIT_MS": "2.5",
+                           "SHADOW_QUEUE_SIZE": "16"})
+    assert (s.batching, s.batch_max_rows, s.batch_max_wait_ms, s.shadow_queue_size) == (False, 64, 2.5, 16)
+    assert Settings.from_env({}).shadow_queue_size == 256
+    for var, bad in (("SHADOW_QUEUE_SIZE", "0"), ("BATCH_MAX_ROWS", "0"), ("BATCH_MAX_WAIT_MS", "-1")):
+        with pytest.raises(SettingsError, match=f"^{var} must be"):
+            Settings.from_env({var: bad})
