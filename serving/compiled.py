@@ -234,18 +234,6 @@ def _compile_column_transformer(ct: Any, spec_types: dict[str, str], example) ->
     return blocks
 
 
-def _forest(est: Any):
-    from serving.forest import CompiledForest
-    from serving.linear import CompiledLinear
-
-    for kind in (CompiledForest, CompiledLinear):
-        try:
-            return kind(est)
-        except Unsupported:
-            continue
-    return None
-
-
 class _Estimator:
     """Any other final estimator, called on the numpy array without feature names."""
 
@@ -253,7 +241,9 @@ class _Estimator:
         self.est = copy.copy(est)
         self.est.__dict__.pop("feature_names_in_", None)
         self.has_proba = hasattr(est, "predict_proba")
-        self.forest = _forest(self.est)
+        from serving.predictors import compiled_final
+
+        self.forest = compiled_final(self.est)
 
     def predict(self, X: np.ndarray, with_proba: bool):
         if self.forest is not None:  # checked against the pipeline itself with the rest (serving.runtime)

@@ -34,7 +34,7 @@ class NativePredictor:
         # NaN/inf scan is redundant; its config is thread-local, hence set per request thread.
         self.assume_finite = assume_finite
         #: the forest's arithmetic without scikit-learn's per-call overhead (serving.forest), if it is one
-        self.forest = _forest(self.final)
+        self.forest = compiled_final(self.final)
         #: the transforms as float operations (None: scikit-learn's own transform calls)
         self.ops = _ops(self.transforms)
 
@@ -121,7 +121,7 @@ def generated_rows(spec: Any, example, predictor: Any, n: int, seed: int) -> lis
     return [list(r) for r in zip(*columns, strict=True)]
 
 
-def _forest(est: Any):
+def compiled_final(est: Any):
     """The final step as compiled arithmetic (serving.forest, serving.linear), or None."""
     from serving.compiled_hgb import Unsupported
     from serving.forest import CompiledForest

@@ -358,15 +358,9 @@ class RolloutController:
         now = time.monotonic()
         if not uri.startswith("sqlite:///"):
             return True
-        db = uri[len("sqlite:///"):].split("?", 1)[0]
-        stamp = []
-        for path in (db, db + "-wal", db + "-journal"):
-            try:
-                st = os.stat(path)
-                stamp.append((st.st_mtime_ns, st.st_size, st.st_ino))
-            except OSError:
-                stamp.append(None)
-        stamp = tuple(stamp)
+        from serving.manager import sqlite_stamp
+
+        stamp = sqlite_stamp(uri)
         if stamp == self._seen_stamp and now - self._seen_at < FULL_CHECK_S:
             return False
         self._seen_stamp, self._seen_at = stamp, now

@@ -3,9 +3,7 @@ registered models (healthy, raising on some real inputs, slower), load generated
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import random
 import threading
 from collections import Counter
@@ -16,6 +14,7 @@ import pytest
 import requests
 
 from tests.helpers import BIN, clean_env, run, sqlite_uri, train
+from tests.serving.conftest import register_same_as, tracking
 
 MODEL = "breast-cancer-classifier"
 HERE = Path(__file__).resolve().parent
@@ -26,20 +25,6 @@ class Store:
     root: Path
     uri: str
     candidates: dict[str, str] = field(default_factory=dict)
-
-
-@contextlib.contextmanager
-def tracking(uri: str):
-    """MLFLOW_TRACKING_URI set for in-process MLflow calls (the SQLite registry needs it)."""
-    old = os.environ.get("MLFLOW_TRACKING_URI")
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = old
 
 
 def register_candidate(uri: str, **config) -> str:
@@ -80,18 +65,6 @@ def rows() -> tuple[list[str], list[list[float]]]:
 COLUMNS, ROWS = rows()
 
 
-def register_same_as_production(uri: str) -> str:
-    """A new version with v1's own model files (a healthy candidate on the same fast path)."""
-    from mlflow import MlflowClient
-
-    with tracking(uri):
-        client = MlflowClient(uri, uri)
-        src = client.get_model_version(MODEL, "1")
-        model_id = src.source.split("/")[-1] if src.source.startswith("models:/m-") else None
-        mv = client.create_model_version(MODEL, source=src.source, run_id=src.run_id, model_id=model_id)
-    return str(mv.version)
-
-
 @pytest.fixture(scope="session")
 def store(tmp_path_factory) -> Store:
     """v1 (logistic regression) in Production; v2 the same model files (healthy); v3 a pyfunc of
@@ -101,7 +74,7 @@ def store(tmp_path_factory) -> Store:
     uri = sqlite_uri(root)
     train(uri, "--promote", "production")
     s = Store(root, uri)
-    s.candidates["healthy"] = register_same_as_production(uri)
+    s.candidates["healthy"] = register_same_as(uri)  # v1's own model files: a healthy candidate
     s.candidates["raising"] = register_candidate(uri, raise_column="mean radius", raise_above=17.0)
     s.candidates["slow"] = register_candidate(uri, sleep_ms=60)
     return s
