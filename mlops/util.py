@@ -108,9 +108,36 @@ def http_probe(url: str, ok: Iterable[int] = (200,), timeout: float = 2) -> Call
     return probe
 
 
+#: where free_port looks: below the kernel's ephemeral range (32768-60999 on Linux), so the source
+#: port of an outgoing connection can never take a port between free_port() and the server's bind
+FREE_PORTS = range(20000, 32768)
+_RESERVED = {25000, 25001, 25432, 29000}  # the local stack's default ports
+_handed_out: set[int] = set()
+
+
 def free_port(host: str = LOCALHOST) -> int:
-    """An ephemeral TCP port that is free right now on ``host``."""
-    with socket.socket() as s:
+    """A TCP port that is free right now on ``host``, never the same twice in one process.
+
+    The kernel's own choice (bind to port 0) comes from its ephemeral range, which it also uses
+    for the source port of every outgoing connection: between this call and the server's bind,
+    a client connection could take it ("address already in use"). So the port is picked at random
+    below that range, from a start that differs per process, and checked by binding it.
+    """
+    import random
+
+    rng = random.Random(os.getpid() * 7919 + time.monotonic_ns())
+    for _ in range(200):
+        port = rng.choice(FREE_PORTS)
+        if port in _RESERVED or port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # that range is crowded: the kernel's choice
         s.bind((host, 0))
         return s.getsockname()[1]
 

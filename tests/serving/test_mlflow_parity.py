@@ -43,6 +43,7 @@ import pandas as pd
 import pytest
 import requests
 
+from mlops.stack.state import StackError
 from tests.conftest import record_number
 from tests.helpers import BIN, ROOT, Service, clean_env, free_port, sqlite_uri, train
 from tests.serving.conftest import promote, tracking
@@ -245,11 +246,27 @@ def start_pair(uri: str, folder: Path, name: str) -> Pair:
     return Pair(f"http://127.0.0.1:{ours_port}", f"http://127.0.0.1:{theirs_port}", [ours, theirs])
 
 
-def wait_ready(pair: Pair) -> None:
-    """Both servers answer: this service's /ready, MLflow's /ping."""
-    ours, theirs = pair.services
-    ours.wait_http(pair.ours + "/ready", timeout=300)
-    theirs.wait_http(pair.theirs + "/ping", timeout=300)
+_PORT_TAKEN = ("address already in use", "connection in use")
+
+
+def wait_ready(pair: Pair, restart=None) -> Pair:
+    """Both servers answer: this service's /ready, MLflow's /ping. A server whose port was taken
+    by another process between free_port() and its own bind is started again on new ports
+    (``restart()`` makes a new pair), at most twice; the pair that answers is returned."""
+    for attempt in range(3):
+        ours, theirs = pair.services
+        try:
+            ours.wait_http(pair.ours + "/ready", timeout=300)
+            theirs.wait_http(pair.theirs + "/ping", timeout=300)
+            return pair
+        except StackError as exc:
+            for svc in pair.services:
+                svc.stop()
+            if restart is None or attempt == 2 or not any(t in str(exc).lower() for t in _PORT_TAKEN):
+                raise
+            log.warning("a port was taken before its server bound it; starting the pair again")
+            pair = restart()
+    raise AssertionError("unreachable")
 
 
 @pytest.fixture(scope="module")
@@ -261,8 +278,8 @@ def servers(store):
         for name in MODELS:
             pairs[name] = start_pair(uri, folder, name)
         t0 = time.monotonic()
-        for pair in pairs.values():
-            wait_ready(pair)
+        for name in MODELS:
+            pairs[name] = wait_ready(pairs[name], lambda n=name: start_pair(uri, folder, n))
         log.info("%d servers ready in %.1f s", 2 * len(pairs), time.monotonic() - t0)
         yield {**pairs, "_uri": uri}
     finally:
@@ -285,7 +302,8 @@ class Pool:
         for upcoming in self.order[i:i + self.ahead + 1]:
             if upcoming not in self.running:
                 self.running[upcoming] = start_pair(self.uri, self.folder, upcoming)
-        wait_ready(self.running[name])
+        self.running[name] = wait_ready(self.running[name],
+                                        lambda: start_pair(self.uri, self.folder, name))
         return self.running[name]
 
     def _stop(self, name: str) -> None:
