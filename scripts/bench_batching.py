@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_serving import LUA, bodies_for, log, start, wrk  # noqa: E402
+from bench_serving import LUA, bodies_for, have_wrk, log, start, wrk  # noqa: E402
 
 from mlops.stack.harness import BIN, Service, clean_env, free_port, sqlite_uri, train  # noqa: E402
 
@@ -169,9 +169,7 @@ def main() -> int:
     p.add_argument("--models", default="forest,logistic", help="comma-separated: forest, logistic (default both)")
     p.add_argument("--keep", action="store_true", help="keep the temporary folder")
     args = p.parse_args()
-    if not shutil.which("wrk"):
-        print("error: wrk is not installed. Install it with: sudo apt-get update && sudo apt-get install -y wrk",
-              file=sys.stderr)
+    if not have_wrk():
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="bench-batching-"))
     lua = tmp / "post.lua"

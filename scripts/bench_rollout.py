@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from bench_serving import LUA, MODEL, bodies_for, log, start, wrk  # noqa: E402
+from bench_serving import LUA, MODEL, bodies_for, have_wrk, log, start, wrk  # noqa: E402
 
 from mlops.stack.harness import BIN, clean_env, free_port, sqlite_uri, train  # noqa: E402
 
@@ -82,9 +82,7 @@ def main() -> int:
     p.add_argument("--percent", type=float, default=10, help="canary / shadow share (default 10)")
     p.add_argument("--connections", type=int, default=8, help="wrk connections (default 8)")
     args = p.parse_args()
-    if not shutil.which("wrk"):
-        print("error: wrk is not installed. Install it with: sudo apt-get update && sudo apt-get install -y wrk",
-              file=sys.stderr)
+    if not have_wrk():
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
     lua = tmp / "post.lua"

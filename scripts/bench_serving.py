@@ -57,6 +57,15 @@ end
 """
 
 
+def have_wrk() -> bool:
+    """True if wrk is on PATH; otherwise says how to install it (one line on stderr)."""
+    if shutil.which("wrk"):
+        return True
+    print("error: wrk is not installed. Install it with: sudo apt-get update && sudo apt-get install -y wrk",
+          file=sys.stderr)
+    return False
+
+
 def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
@@ -269,9 +278,7 @@ def main() -> int:
                    help="breast-cancer (numeric, vs mlflow and the floor), penguins (mixed types, vs mlflow), "
                         "or both (default)")
     args = p.parse_args()
-    if not shutil.which("wrk"):
-        print("error: wrk is not installed. Install it with: sudo apt-get update && sudo apt-get install -y wrk",
-              file=sys.stderr)
+    if not have_wrk():
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     lua = tmp / "post.lua"

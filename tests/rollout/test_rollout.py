@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from mlops import registry
+from mlops import registry, util
 from mlops import rollout as ro_mod
 from tests.helpers import gauge, healths, start_serving
 from tests.rollout.conftest import MODEL, ROWS, body, load, mlops
@@ -28,14 +28,11 @@ def served(store, tmp_path_factory):
 
 def wait_for(probe, timeout: float, what: str):
     """``probe()``'s first truthy answer within ``timeout`` seconds; fail naming ``what`` otherwise."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.2)
+    seen: list = []
+    ok, _ = util.wait_for(lambda: (bool(seen.append(probe()) or seen[-1]), ""), timeout, interval=0.2)
+    if not ok:
+        pytest.fail(f"timed out after {timeout}s waiting for {what}")
+    return seen[-1]
 
 
 def client(store):
@@ -132,14 +129,20 @@ def test_healthy_canary_share_stable_keys_no_failures(store, served):
     assert set(load(url, 50).versions) == {"1"}
 
 
+def withdrawn_under_load(store, url: str, version: str, min_requests: int, n: int, seed: int) -> ro_mod.Rollout:
+    """A 50 % canary of ``version`` under ``n`` requests: none fails, and it ends withdrawn."""
+    mlops(store.uri, "canary", "start", MODEL, version, "--percent", "50", "--duration", "2m",
+          "--min-requests", str(min_requests))
+    followed(url, version)
+    seen = load(url, n, seed=seed)
+    assert seen.failed == []  # every request the candidate failed was answered by Production
+    return ended(store, ro_mod.WITHDRAWN)
+
+
 def test_raising_candidate_costs_clients_nothing_and_is_withdrawn(store, served):
     url, tmp = served
     bad = store.candidates["raising"]
-    mlops(store.uri, "canary", "start", MODEL, bad, "--percent", "50", "--duration", "2m", "--min-requests", "40")
-    followed(url, bad)
-    seen = load(url, 400, seed=3)
-    assert seen.failed == []  # every request the candidate failed was answered by Production
-    ro = ended(store, ro_mod.WITHDRAWN)
+    ro = withdrawn_under_load(store, url, bad, min_requests=40, n=400, seed=3)
     assert "error rate" in ro.reason
     last = registry.history(client(store), MODEL)[-1]
     assert (last.action, last.to_version, last.from_version) == ("canary-withdrawn", bad, "1")
@@ -154,11 +157,7 @@ def test_raising_candidate_costs_clients_nothing_and_is_withdrawn(store, served)
 def test_slower_candidate_is_withdrawn_on_latency(store, served):
     url, _ = served
     slow = store.candidates["slow"]
-    mlops(store.uri, "canary", "start", MODEL, slow, "--percent", "50", "--duration", "2m", "--min-requests", "30")
-    followed(url, slow)
-    seen = load(url, 200, seed=4)
-    assert seen.failed == []
-    ro = ended(store, ro_mod.WITHDRAWN)
+    ro = withdrawn_under_load(store, url, slow, min_requests=30, n=200, seed=4)
     assert "latency" in ro.reason, ro.reason
     assert registry.history(client(store), MODEL)[-1].action == "canary-withdrawn"
     followed(url, None)

@@ -22,7 +22,7 @@ import requests
 from serving.batching import Batcher, merge, merge_key, split
 from serving.runtime import Prediction
 from serving.schema import ParsedInput, TypedColumns
-from tests.helpers import gauge, sqlite_uri, start_serving, train
+from tests.helpers import gauge, sqlite_uri, start_serving, train, wait_for
 from tests.serving.conftest import MODEL, promote
 
 pytestmark = pytest.mark.slow
@@ -287,10 +287,9 @@ def test_merged_answers_equal_unbatched_ones_bit_for_bit(forest_service):
 
 def _wait_for_version(url: str, version: str, timeout: float = 30) -> None:
     """Until every worker of the service answers with ``version`` (one worker here)."""
-    deadline = time.monotonic() + timeout
-    while requests.get(url + "/health", timeout=10).json()["model_version"] != version:
-        assert time.monotonic() < deadline, f"the service did not follow the promotion of v{version}"
-        time.sleep(0.2)
+    ok, seen = wait_for(lambda: ((v := requests.get(url + "/health", timeout=10).json()["model_version"]) == version,
+                                 f"serving v{v}"), timeout, interval=0.2)
+    assert ok, f"the service did not follow the promotion of v{version} ({seen})"
 
 
 def test_a_swap_in_the_middle_of_traffic_fails_nothing_and_never_mixes_versions(forest_service):
